@@ -1,0 +1,1 @@
+"""Herald's HTTP face: the app factory, routers, schemas and auth."""

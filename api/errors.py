@@ -1,0 +1,65 @@
+"""The one place where errors become HTTP status codes and bodies a client can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from core.errors import QueueClosedError, QueueFullError
+from tasks.notifications import IdempotencyConflictError
+from tasks.rendering import TemplateProblem
+
+RETRY_AFTER_FULL_S = 5
+RETRY_AFTER_CLOSED_S = 10
+
+
+def invalid(loc: Sequence[str | int], msg: str, kind: str = "value_error") -> RequestValidationError:
+    """A 422 in the same shape as FastAPI's own validation errors."""
+    return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": kind}])
+
+
+def _clean(error: dict[str, Any]) -> dict[str, Any]:
+    # FastAPI echoes the offending input and pydantic internals; a client needs where and what.
+    return {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422, content={"detail": [_clean(e) for e in exc.errors()]})
+
+
+async def _template_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TemplateProblem)
+    return JSONResponse(
+        status_code=422, content={"detail": [{"loc": ["body", exc.field], "msg": str(exc), "type": "template_error"}]}
+    )
+
+
+async def _idempotency_conflict(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+
+async def _queue_full(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"too many deliveries waiting, try again shortly ({exc})"},
+        headers={"Retry-After": str(RETRY_AFTER_FULL_S)},
+    )
+
+
+async def _queue_closed(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        status_code=503, content={"detail": str(exc)}, headers={"Retry-After": str(RETRY_AFTER_CLOSED_S)}
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(TemplateProblem, _template_problem)
+    app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)
+    app.add_exception_handler(QueueFullError, _queue_full)
+    app.add_exception_handler(QueueClosedError, _queue_closed)

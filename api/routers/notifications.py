@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Response, status
+
+from api.auth import require_api_key
+from api.deps import NotificationsDep, SettingsDep
+from api.errors import invalid
+from api.schemas import ErrorOut, NotificationOut, NotifyRequest, ValidationErrorOut
+from core.config import Settings
+from tasks.channels.netguard import forbidden_reason, parse_ip_literal
+from tasks.messages import Channel
+from tasks.notifications import Recipient
+from tasks.rendering import RenderedMessage, default_library
+
+router = APIRouter(tags=["notifications"], dependencies=[Depends(require_api_key)])
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong API key"},
+    413: {"model": ErrorOut, "description": "Body larger than MAX_BODY_BYTES"},
+    422: {"model": ValidationErrorOut, "description": "Invalid body; each error names where"},
+}
+
+
+@router.post(
+    "/notify",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=NotificationOut,
+    summary="Accept a notification; deliveries go out in the background",
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorOut, "description": "Idempotency-Key reused with a different body"},
+        503: {"model": ErrorOut, "description": "Queue full or shutting down; see Retry-After"},
+    },
+)
+async def notify(
+    body: NotifyRequest,
+    background: BackgroundTasks,
+    response: Response,
+    service: NotificationsDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", description="Same key + same body: same notification, nothing resent."),
+    ] = None,
+) -> NotificationOut:
+    _check_limits(body, settings)
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise invalid(["header", "Idempotency-Key"], "must be 1-255 printable ASCII characters without spaces")
+    message = (
+        default_library().render(body.template, body.context)
+        if body.template is not None
+        else RenderedMessage(subject=body.subject or "", text=body.text or "", html=body.html)
+    )
+    view, replayed = await service.submit(
+        recipients=[Recipient(Channel(r.channel), r.address) for r in body.to],
+        message=message,
+        template=body.template,
+        context=body.context,
+        metadata=body.metadata,
+        idempotency=(idempotency_key, _fingerprint(body)) if idempotency_key else None,
+        after_response=background,
+    )
+    response.headers["Location"] = f"/notifications/{view.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return NotificationOut.of(view)
+
+
+@router.get(
+    "/notifications/{notification_id}",
+    response_model=NotificationOut,
+    summary="A notification and the status of each delivery",
+    responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
+)
+async def get_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
+    view = await service.get(notification_id)
+    if view is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
+    return NotificationOut.of(view)
+
+
+def _check_limits(body: NotifyRequest, settings: Settings) -> None:
+    if len(body.to) > settings.MAX_RECIPIENTS:
+        raise invalid(["body", "to"], f"at most {settings.MAX_RECIPIENTS} recipients per request, got {len(body.to)}")
+    for name in ("context", "metadata"):
+        size = len(json.dumps(getattr(body, name), separators=(",", ":")).encode())
+        if size > settings.MAX_CONTEXT_BYTES:
+            raise invalid(["body", name], f"{name} is {size} bytes as JSON; the limit is {settings.MAX_CONTEXT_BYTES}")
+    for index, recipient in enumerate(body.to):
+        if recipient.channel != Channel.WEBHOOK.value:
+            continue
+        if settings.WEBHOOK_SECRET is None:
+            raise invalid(
+                ["body", "to", index, "channel"],
+                "the webhook channel is disabled on this server: WEBHOOK_SECRET is not set",
+            )
+        if not settings.WEBHOOK_ALLOW_PRIVATE:
+            address = parse_ip_literal(httpx.URL(recipient.address).host)
+            reason = forbidden_reason(address) if address is not None else None
+            if reason is not None:
+                raise invalid(["body", "to", index, "address"], f"webhooks may not target {reason}")
+
+
+def _fingerprint(body: NotifyRequest) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

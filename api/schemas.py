@@ -1,0 +1,190 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import httpx
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from tasks.notifications import DeliveryStatus, DeliveryView, NotificationView
+
+MAX_ADDRESS_LENGTH = 2048
+MAX_SUBJECT_LENGTH = 255
+MAX_TEXT_LENGTH = 100_000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["email", "webhook"] = Field(description="How to reach the recipient.")
+    address: str = Field(
+        min_length=1,
+        max_length=MAX_ADDRESS_LENGTH,
+        description="An email address for `email`, an http(s) URL for `webhook`.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address_fits_channel(cls, value: str, info: ValidationInfo) -> str:
+        channel = info.data.get("channel")
+        if channel == "email":
+            return _email_address(value)
+        if channel == "webhook":
+            return _webhook_url(value)
+        return value
+
+
+def _email_address(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("an email address may not contain control characters (CR, LF, ...)")
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+def _webhook_url(value: str) -> str:
+    if _CONTROL.search(value) or " " in value:
+        raise ValueError("a webhook URL may not contain spaces or control characters")
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError("a webhook URL must start with http:// or https://")
+    if not url.host:
+        raise ValueError("a webhook URL needs a host")
+    return value
+
+
+class NotifyRequest(BaseModel):
+    """Either ``template`` (+ ``context``) or literal ``subject`` + ``text`` (+ optional ``html``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": [
+                        {"channel": "email", "address": "ada@example.com"},
+                        {"channel": "webhook", "address": "https://hooks.example.com/herald"},
+                    ],
+                    "template": "welcome",
+                    "context": {"name": "Ada"},
+                    "metadata": {"user_id": "42"},
+                }
+            ]
+        },
+    )
+
+    to: list[Recipient] = Field(min_length=1, description="One delivery is made per recipient.")
+    template: Annotated[str, Field(pattern=_TEMPLATE_NAME)] | None = Field(
+        default=None, description="Name of a template under tasks/templates/."
+    )
+    context: dict[str, Any] = Field(default_factory=dict, description="Variables for the template.")
+    subject: str | None = Field(default=None, min_length=1, max_length=MAX_SUBJECT_LENGTH)
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
+    html: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed in status and webhooks.")
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("the subject must be one line without control characters (CR, LF, ...)")
+        return value
+
+    @model_validator(mode="after")
+    def _template_or_literal(self) -> NotifyRequest:
+        literal = [name for name in ("subject", "text", "html") if getattr(self, name) is not None]
+        if self.template is not None and literal:
+            raise ValueError(f"give either 'template' or literal content, not both (also got {literal})")
+        if self.template is None:
+            if self.subject is None or self.text is None:
+                raise ValueError("give 'template' (with 'context'), or literal 'subject' and 'text'")
+            if self.context:
+                raise ValueError("'context' is only used with 'template'")
+        seen: set[tuple[str, str]] = set()
+        for index, recipient in enumerate(self.to):
+            key = (recipient.channel, recipient.address.lower())
+            if key in seen:
+                raise ValueError(f"to[{index}] repeats an earlier recipient ({recipient.channel} {recipient.address})")
+            seen.add(key)
+        return self
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    channel: str
+    address: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, view: DeliveryView) -> DeliveryOut:
+        return cls(
+            id=view.id,
+            channel=view.channel.value,
+            address=view.address,
+            status=view.status,
+            attempts=view.attempts,
+            last_error=view.last_error,
+            created_at=view.created_at,
+            updated_at=view.updated_at,
+            next_attempt_at=view.next_attempt_at,
+            finished_at=view.finished_at,
+        )
+
+
+class NotificationOut(BaseModel):
+    id: str
+    status: Literal["queued", "in_progress", "delivered", "failed", "partially_delivered", "cancelled"]
+    created_at: datetime
+    event_type: str
+    template: str | None
+    subject: str
+    metadata: dict[str, Any]
+    deliveries: list[DeliveryOut]
+
+    @classmethod
+    def of(cls, view: NotificationView) -> NotificationOut:
+        return cls(
+            id=view.id,
+            status=view.status,  # type: ignore[arg-type]
+            created_at=view.created_at,
+            event_type=view.event_type,
+            template=view.template,
+            subject=view.subject,
+            metadata=view.metadata,
+            deliveries=[DeliveryOut.of(d) for d in view.deliveries],
+        )
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    detail: list[ErrorItem]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    backend: str

@@ -1,0 +1,121 @@
+"""Herald's settings, read from environment variables.
+
+Nothing here runs at import time: call :func:`get_settings` (the app factory does) or
+build ``Settings(...)`` directly in tests. A bad value raises :class:`ConfigError`, whose
+message names the variable and never echoes a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from email.headerregistry import Address
+from email.utils import parseaddr
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
+MIN_WEBHOOK_SECRET_BYTES = 24
+
+
+class Settings(BaseSettings):
+    """Every knob Herald reads, one field per environment variable."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore")
+
+    TASK_BACKEND: Literal["inline"] = "inline"
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    API_KEY: SecretStr | None = None
+
+    SMTP_HOST: str | None = None
+    SMTP_PORT: int = Field(default=587, ge=1, le=65535)
+    SMTP_USERNAME: str | None = None
+    SMTP_PASSWORD: SecretStr | None = None
+    SMTP_TLS: Literal["starttls", "tls", "none"] = "starttls"
+    SMTP_TIMEOUT_S: PositiveSeconds = 30.0
+    EMAIL_FROM: str = "Herald <herald@localhost>"
+
+    WEBHOOK_SECRET: SecretStr | None = None
+    WEBHOOK_ALLOW_PRIVATE: bool = False
+    WEBHOOK_TIMEOUT_S: PositiveSeconds = 10.0
+
+    TASK_CONCURRENCY: int = Field(default=20, ge=1, le=1000)
+    TASK_QUEUE_MAX: int = Field(default=10_000, ge=1, le=1_000_000)
+    SHUTDOWN_GRACE_S: PositiveSeconds = 20.0
+    RETRY_BASE_DELAY_S: PositiveSeconds = 2.0
+    RETRY_MAX_DELAY_S: PositiveSeconds = 300.0
+    EMAIL_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=50)
+    WEBHOOK_MAX_ATTEMPTS: int = Field(default=8, ge=1, le=50)
+
+    RECORD_MAX_COUNT: int = Field(default=10_000, ge=10, le=10_000_000)
+    RECORD_TTL_S: PositiveSeconds = 7 * 24 * 3600.0
+    IDEMPOTENCY_TTL_S: PositiveSeconds = 24 * 3600.0
+
+    MAX_BODY_BYTES: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    MAX_RECIPIENTS: int = Field(default=50, ge=1, le=10_000)
+    MAX_CONTEXT_BYTES: int = Field(default=16 * 1024, ge=64, le=16 * 1024 * 1024)
+
+    @field_validator("EMAIL_FROM")
+    @classmethod
+    def _email_from_has_address(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("must be one line")
+        _, addr = parseaddr(value)
+        if "@" not in addr:
+            raise ValueError("must contain an address, e.g. 'Herald <herald@example.com>'")
+        return value
+
+    @field_validator("WEBHOOK_SECRET")
+    @classmethod
+    def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if not raw.startswith(WEBHOOK_SECRET_PREFIX):
+            raise ValueError(f"must start with '{WEBHOOK_SECRET_PREFIX}' followed by base64")
+        try:
+            key = base64.b64decode(raw[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"must be '{WEBHOOK_SECRET_PREFIX}' followed by valid base64") from None
+        if len(key) < MIN_WEBHOOK_SECRET_BYTES:
+            raise ValueError(f"must decode to at least {MIN_WEBHOOK_SECRET_BYTES} bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.RETRY_MAX_DELAY_S < self.RETRY_BASE_DELAY_S:
+            raise ValueError("RETRY_MAX_DELAY_S must be at least RETRY_BASE_DELAY_S")
+        if (self.SMTP_USERNAME is None) != (self.SMTP_PASSWORD is None):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
+        return self
+
+    @property
+    def email_from_address(self) -> Address:
+        display_name, addr = parseaddr(self.EMAIL_FROM)
+        username, _, domain = addr.rpartition("@")
+        return Address(display_name=display_name, username=username, domain=domain)
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (plus ``overrides``), or raise ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        problems.append(f"{where}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(problems)

@@ -1,0 +1,69 @@
+"""Errors raised by the task module.
+
+    HeraldError
+    ├── ConfigError            a setting is missing or malformed (start-up stops)
+    ├── EnqueueError           a job could not be accepted
+    │   ├── QueueClosedError     the runner is shutting down
+    │   └── QueueFullError       the in-process queue is at TASK_QUEUE_MAX
+    └── TaskError              raised by a task attempt; decides what happens next
+        ├── RetryableError       try again after back-off (or after ``retry_after_s``)
+        └── PermanentError       give up now; retrying cannot help
+
+A task signals its outcome only through ``TaskError``: the runner never guesses from a bare
+exception type. Any other exception escaping a task is a bug and fails the job permanently.
+"""
+
+from __future__ import annotations
+
+
+class HeraldError(Exception):
+    """Base of every error Herald raises on purpose."""
+
+
+class ConfigError(HeraldError):
+    """Configuration is invalid; the message names the variable."""
+
+
+class EnqueueError(HeraldError):
+    """A job could not be accepted; nothing was queued."""
+
+
+class QueueClosedError(EnqueueError):
+    """The runner has stopped accepting work (shutdown in progress)."""
+
+
+class QueueFullError(EnqueueError):
+    """The in-process runner already holds its maximum number of unfinished jobs."""
+
+
+class TaskError(HeraldError):
+    """One attempt of a task failed. ``reason`` is safe to show to users."""
+
+    retryable: bool = False
+
+    def __init__(self, reason: str, *, channel: str | None = None, status_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.channel = channel
+        self.status_code = status_code
+
+
+class RetryableError(TaskError):
+    """A transient failure: the same attempt may succeed later."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        channel: str | None = None,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(reason, channel=channel, status_code=status_code)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(TaskError):
+    """A failure no retry can fix (refused address, 4xx answer, 5xx SMTP reply)."""

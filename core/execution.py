@@ -1,0 +1,68 @@
+"""One attempt of one task: run it under its timeout and decide what happens next.
+
+Shared by every backend, so a task behaves the same in-process and on a durable worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from core.errors import PermanentError, RetryableError, TaskError
+from core.registry import TaskDef
+
+logger = logging.getLogger("herald.jobs")
+
+
+class Verdict(StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    result: Any = None
+    error: str | None = None
+    retry_in_s: float | None = None
+
+
+async def run_attempt(
+    task: TaskDef,
+    ctx: Mapping[str, Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Run ``task`` once; ``ctx["job_try"]`` is this attempt's 1-based number.
+
+    Cancellation propagates: the caller decides what a cancelled attempt means.
+    """
+    attempt: int = ctx["job_try"]
+    policy = task.policy
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            result = await task.function(ctx, *args, **kwargs)
+    except TimeoutError:
+        error: TaskError = RetryableError(f"attempt timed out after {policy.timeout_s:g}s")
+    except TaskError as exc:
+        error = exc
+    except Exception as exc:  # a bug in the task, not a verdict about the destination
+        logger.exception("task %s raised an unexpected error", task.name, extra={"job_id": ctx["job_id"]})
+        error = PermanentError(f"internal error in task {task.name}: {type(exc).__name__}")
+    else:
+        return Outcome(Verdict.SUCCEEDED, result=result)
+
+    if isinstance(error, RetryableError) and policy.should_retry(attempt):
+        delay = policy.delay_s(attempt, retry_after_s=error.retry_after_s, rng=rng)
+        return Outcome(Verdict.RETRY, error=error.reason, retry_in_s=delay)
+    if isinstance(error, RetryableError):
+        return Outcome(Verdict.FAILED, error=f"gave up after {attempt} attempts: {error.reason}")
+    return Outcome(Verdict.FAILED, error=error.reason)

@@ -1,0 +1,189 @@
+"""The in-process runner: a bounded pool of asyncio workers owned by the app's lifespan.
+
+Jobs wait in an in-memory queue; ``TASK_CONCURRENCY`` workers take them one at a time. A failed
+attempt that may be retried does not hold a worker while it backs off: a timer puts the job back
+in the queue when its delay is over. On shutdown the runner stops accepting, lets queued,
+running and backing-off jobs finish until the grace period ends, then cancels the rest and logs
+each one by id. Everything lives in this process: a SIGKILL loses what had not finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from core.backend import AfterResponse
+from core.errors import QueueClosedError, QueueFullError
+from core.execution import Verdict, run_attempt
+from core.jobs import JobRecord, JobSpec, JobState, utcnow
+from core.registry import TaskDef, TaskRegistry
+from core.store import JobStore
+
+logger = logging.getLogger("herald.jobs")
+
+
+@dataclass(slots=True)
+class _Job:
+    spec: JobSpec
+    task: TaskDef
+    record: JobRecord
+
+
+class InlineBackend:
+    """Runs registered tasks in this process. See the module docstring."""
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        store: JobStore,
+        resources: Mapping[str, Any],
+        *,
+        concurrency: int,
+        max_unfinished: int,
+    ) -> None:
+        self.store = store
+        self._registry = registry
+        self._resources = dict(resources)
+        self._concurrency = concurrency
+        self._max_unfinished = max_unfinished
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._unfinished: dict[str, _Job] = {}  # accepted and not finished, handed off or not
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = False
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._unfinished)
+
+    async def start(self) -> None:
+        self._accepting = True
+        self._workers = [asyncio.create_task(self._work(), name=f"herald-worker-{n}") for n in range(self._concurrency)]
+
+    async def enqueue(
+        self, specs: Sequence[JobSpec], *, after_response: AfterResponse | None = None
+    ) -> list[JobRecord]:
+        if not self._accepting:
+            raise QueueClosedError("the server is shutting down and accepts no new jobs")
+        if self.unfinished + len(specs) > self._max_unfinished:
+            raise QueueFullError(f"{self.unfinished} jobs are waiting (limit {self._max_unfinished})")
+        jobs = [self._job(spec) for spec in specs]  # raises before anything is reserved
+        for job in jobs:
+            self._unfinished[job.record.id] = job
+        self._idle.clear()
+        try:
+            for job in jobs:
+                await self.store.save(job.record)
+        except BaseException:
+            for job in jobs:
+                del self._unfinished[job.record.id]
+            self._set_idle_if_done()
+            raise
+        if after_response is None:
+            self._submit(jobs)
+        else:
+            after_response.add_task(self._submit, jobs)
+        return [job.record for job in jobs]
+
+    async def stop(self, grace_s: float) -> list[str]:
+        self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        left = list(self._unfinished.values())
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        for job in left:
+            await self._finish(job, JobState.CANCELLED, f"not finished within the {grace_s:g}s shutdown grace")
+        if left:
+            logger.error("shutdown left %d jobs unfinished: %s", len(left), ", ".join(job.record.id for job in left))
+        return [job.record.id for job in left]
+
+    def _job(self, spec: JobSpec) -> _Job:
+        task = self._registry.get(spec.task)
+        record = JobRecord(id=spec.job_id, task=task.name, max_attempts=task.policy.max_attempts)
+        return _Job(spec=spec, task=task, record=record)
+
+    def _submit(self, jobs: list[_Job]) -> None:
+        # Runs after the response (BackgroundTasks) or inline; must not raise, or Starlette
+        # would skip the other background tasks of the same response.
+        for job in jobs:
+            if job.record.id in self._unfinished:  # stop() may have given up on it already
+                self._queue.put_nowait(job)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._attempt(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store failed; the job must not vanish with the worker
+                logger.exception("runner error on job %s", job.record.id)
+                await self._finish(job, JobState.FAILED, "internal error in the runner")
+
+    async def _attempt(self, job: _Job) -> None:
+        record = job.record
+        record.attempts += 1
+        record.move_to(JobState.RUNNING)
+        await self.store.save(record)
+        ctx = {**self._resources, "job_id": record.id, "job_try": record.attempts}
+        started = time.perf_counter()
+        try:
+            outcome = await run_attempt(job.task, ctx, job.spec.args, job.spec.kwargs)
+        except asyncio.CancelledError:
+            await self._finish(job, JobState.CANCELLED, "cancelled while running at shutdown")
+            raise
+        elapsed_s = time.perf_counter() - started
+        log_extra = {"job_id": record.id, "task": record.task, "attempt": record.attempts}
+        if outcome.verdict is Verdict.SUCCEEDED:
+            logger.info("job %s succeeded in %.3fs", record.id, elapsed_s, extra=log_extra)
+            await self._finish(job, JobState.SUCCEEDED, None)
+        elif outcome.verdict is Verdict.RETRY and outcome.retry_in_s is not None:
+            logger.warning(
+                "job %s attempt %d failed, retrying in %.2fs: %s",
+                record.id,
+                record.attempts,
+                outcome.retry_in_s,
+                outcome.error,
+                extra=log_extra,
+            )
+            due = utcnow() + timedelta(seconds=outcome.retry_in_s)
+            record.move_to(JobState.RETRYING, error=outcome.error, next_attempt_at=due)
+            await self.store.save(record)
+            loop = asyncio.get_running_loop()
+            self._timers[record.id] = loop.call_later(outcome.retry_in_s, self._requeue, job)
+        else:
+            logger.warning("job %s failed: %s", record.id, outcome.error, extra=log_extra)
+            await self._finish(job, JobState.FAILED, outcome.error)
+
+    def _requeue(self, job: _Job) -> None:
+        self._timers.pop(job.record.id, None)
+        self._queue.put_nowait(job)
+
+    async def _finish(self, job: _Job, state: JobState, error: str | None) -> None:
+        job.record.move_to(state, error=error)
+        self._unfinished.pop(job.record.id, None)
+        self._set_idle_if_done()
+        await self.store.save(job.record)
+
+    def _set_idle_if_done(self) -> None:
+        if not self._unfinished:
+            self._idle.set()

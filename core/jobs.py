@@ -1,0 +1,82 @@
+"""What a job is: the request to run a task (JobSpec) and the record of how it went (JobRecord)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypedDict
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class JobContext(TypedDict):
+    """What every task receives first. Applications extend it with their own resources."""
+
+    job_id: str
+    job_try: int
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A request to run ``task(ctx, *args, **kwargs)`` once, under the id ``job_id``.
+
+    Arguments must be JSON-able so that a durable backend can store them; the check happens
+    here, at enqueue time, in every backend alike.
+    """
+
+    task: str
+    job_id: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            json.dumps([self.args, self.kwargs], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"arguments of task {self.task!r} must be JSON-able: {exc}") from None
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """Where a job stands. Holds no arguments, so bodies and addresses stay out of status stores."""
+
+    id: str
+    task: str
+    max_attempts: int
+    state: JobState = JobState.QUEUED
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    next_attempt_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def move_to(self, state: JobState, *, error: str | None = None, next_attempt_at: datetime | None = None) -> None:
+        now = utcnow()
+        self.state = state
+        self.updated_at = now
+        self.next_attempt_at = next_attempt_at
+        if error is not None:
+            self.last_error = error
+        if state.is_terminal:
+            self.finished_at = now

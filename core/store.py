@@ -1,0 +1,64 @@
+"""Status records of jobs. The in-memory store is bounded so memory stays flat under load."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Protocol
+
+from core.jobs import JobRecord, utcnow
+
+
+class JobStore(Protocol):
+    async def save(self, record: JobRecord) -> None: ...
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]: ...
+
+    async def delete(self, job_ids: Iterable[str]) -> None: ...
+
+
+class MemoryJobStore:
+    """Keeps every unfinished job, and finished ones up to ``max_finished`` and ``ttl_s``.
+
+    Unfinished jobs are never evicted: their number is bounded by the runner's queue limit.
+    """
+
+    def __init__(self, *, max_finished: int, ttl_s: float) -> None:
+        self._records: dict[str, JobRecord] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._max_finished = max_finished
+        self._ttl = timedelta(seconds=ttl_s)
+
+    async def save(self, record: JobRecord) -> None:
+        self._records[record.id] = record
+        if record.state.is_terminal and record.id not in self._finished:
+            self._finished[record.id] = None
+            self._prune()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return self._records.get(job_id)
+
+    async def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        return {job_id: record for job_id in job_ids if (record := self._records.get(job_id)) is not None}
+
+    async def delete(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            self._records.pop(job_id, None)
+            self._finished.pop(job_id, None)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _prune(self) -> None:
+        oldest_kept = utcnow() - self._ttl
+        while self._finished:
+            job_id = next(iter(self._finished))
+            record = self._records.get(job_id)
+            expired = record is None or (record.finished_at is not None and record.finished_at < oldest_kept)
+            if not expired and len(self._finished) <= self._max_finished:
+                break
+            del self._finished[job_id]
+            self._records.pop(job_id, None)

@@ -1,0 +1,1 @@
+"""The notification domain: channels, templates and the delivery tasks that run on ``core``."""

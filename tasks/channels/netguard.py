@@ -1,0 +1,150 @@
+"""SSRF guard for outgoing webhooks.
+
+The host is resolved once, when the connection is made; every address it resolves to is checked,
+and the socket connects to a checked address, so no second DNS lookup can swap in another
+(rebinding). TLS still verifies the certificate against the URL's host name, because httpcore takes
+the SNI name from the request, not from the address we connect to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+
+
+class ForbiddenDestinationError(Exception):
+    """The destination resolves to an address webhooks may not reach."""
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv4-mapped, NAT64 or 6to4 IPv6 address, if any."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64 or address in _NAT64_LOCAL:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    return None
+
+
+def forbidden_reason(address: IPAddress) -> str | None:
+    """Why webhooks may not reach ``address``, or None if it is a public unicast address."""
+    if isinstance(address, ipaddress.IPv6Address) and (inner := embedded_ipv4(address)) is not None:
+        reason = forbidden_reason(inner)
+        return f"{reason} (embedded in {address})" if reason else None
+    checks = (
+        (address.is_loopback, "loopback"),
+        (address.is_unspecified, "unspecified"),
+        (address.is_link_local, "link-local (cloud metadata lives here)"),
+        (address.is_multicast, "multicast"),
+        (address.is_private, "private"),
+        (address.is_reserved, "reserved"),
+        (not address.is_global, "not globally routable"),
+    )
+    for hit, reason in checks:
+        if hit:
+            return f"{address} is {reason}"
+    return None
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address if ``host`` spells one in any form the resolver accepts (decimal, hex, octal)."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        packed = socket.inet_aton(host)  # accepts 2130706433, 0x7f.1, 017700000001 like getaddrinfo
+    except OSError:
+        return None
+    return ipaddress.IPv4Address(packed)
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: dict[IPAddress, None] = {}
+    for _family, _type, _proto, _name, sockaddr in infos:
+        seen[ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])] = None
+    return list(seen)
+
+
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Resolves, checks and connects to a checked address; refuses if any address is forbidden."""
+
+    def __init__(self, *, allow_private: bool, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._allow_private = allow_private
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await resolve(host, port)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        if not self._allow_private:
+            for address in addresses:
+                reason = forbidden_reason(address)
+                if reason is not None:
+                    raise ForbiddenDestinationError(f"{host} resolves to {reason}")
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        raise last_error or httpcore.ConnectError(f"{host} resolved to no address")
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise ForbiddenDestinationError("webhooks may not use unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport with the guarded network backend underneath.
+
+    httpx 0.28 has no public hook for a network backend, so the pool is rebuilt with the same
+    settings; the pinned httpx version keeps this honest.
+    """
+
+    def __init__(self, *, allow_private: bool, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        ssl_context = httpx.create_ssl_context(trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedNetworkBackend(allow_private=allow_private),
+        )

@@ -1,0 +1,102 @@
+"""Signed webhooks (Standard Webhooks) over one shared httpx.AsyncClient.
+
+Only a 2xx answer is success. Redirects are not followed. Connect errors, timeouts, 408, 429 and
+5xx are retried (``Retry-After`` honoured); any other answer, and a refused destination, is final.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+from standardwebhooks import Webhook
+
+from core.errors import PermanentError, RetryableError
+from tasks.channels.netguard import ForbiddenDestinationError
+from tasks.messages import DeliveryPayload
+
+CHANNEL = "webhook"
+USER_AGENT = "Herald-Webhooks/1"
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+ERROR_BODY_BYTES = 512
+
+
+def webhook_body(payload: DeliveryPayload) -> str:
+    """The JSON body: ``{"type", "timestamp", "data"}``; identical on every retry."""
+    data = {
+        "notification_id": payload["notification_id"],
+        "delivery_id": payload["delivery_id"],
+        "template": payload["template"],
+        "subject": payload["subject"],
+        "text": payload["text"],
+        "context": payload["context"],
+        "metadata": payload["metadata"],
+    }
+    body = {"type": payload["event_type"], "timestamp": payload["created_at"], "data": data}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def signed_headers(signer: Webhook, delivery_id: str, body: str, now: datetime | None = None) -> dict[str, str]:
+    """Standard Webhooks headers; ``webhook-id`` is the delivery id so receivers can dedupe retries."""
+    sent_at = now or datetime.now(UTC)
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(int(sent_at.timestamp())),
+        "webhook-signature": signer.sign(delivery_id, sent_at, body),
+    }
+
+
+async def post_webhook(client: httpx.AsyncClient, signer: Webhook, payload: DeliveryPayload) -> int:
+    """POST the signed payload once; return the status code or raise a TaskError."""
+    body = webhook_body(payload)
+    headers = signed_headers(signer, payload["delivery_id"], body)
+    try:
+        async with client.stream(
+            "POST", payload["address"], content=body.encode(), headers=headers, follow_redirects=False
+        ) as response:
+            if response.is_success:
+                return response.status_code
+            excerpt = await _read_excerpt(response)
+    except ForbiddenDestinationError as exc:
+        raise PermanentError(f"destination refused: {exc}", channel=CHANNEL) from exc
+    except httpx.TimeoutException as exc:
+        raise RetryableError(f"timed out ({type(exc).__name__})", channel=CHANNEL) from exc
+    except httpx.TransportError as exc:
+        raise RetryableError(f"connection failed: {type(exc).__name__}: {exc}", channel=CHANNEL) from exc
+    status = response.status_code
+    reason = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    if status in RETRYABLE_STATUS:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise RetryableError(reason, channel=CHANNEL, status_code=status, retry_after_s=retry_after)
+    if response.is_redirect:
+        reason += f" (redirects are not followed; Location: {response.headers.get('location', '-')})"
+    raise PermanentError(reason, channel=CHANNEL, status_code=status)
+
+
+async def _read_excerpt(response: httpx.Response) -> str:
+    chunks = bytearray()
+    async for chunk in response.aiter_raw():
+        chunks.extend(chunk)
+        if len(chunks) >= ERROR_BODY_BYTES:
+            break
+    return chunks[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -1,0 +1,38 @@
+"""The delivery tasks: plain async functions, ctx first, one call = one attempt.
+
+The runner (in-process or arq) decides about retries from the TaskError each one raises.
+Tests call them directly with a DeliveryContext of their own.
+"""
+
+from __future__ import annotations
+
+from email.headerregistry import Address
+
+import httpx
+from standardwebhooks import Webhook
+
+from core.errors import PermanentError
+from core.jobs import JobContext
+from tasks.channels.email import Mailer, build_message
+from tasks.channels.webhook import post_webhook
+from tasks.messages import DeliveryPayload
+
+
+class DeliveryContext(JobContext):
+    http: httpx.AsyncClient
+    mailer: Mailer
+    email_from: Address
+    webhook_signer: Webhook | None
+
+
+async def send_email(ctx: DeliveryContext, payload: DeliveryPayload) -> None:
+    """Send one email; SMTP 4xx/connection errors are retryable, 5xx permanent."""
+    await ctx["mailer"].send(build_message(payload, ctx["email_from"]))
+
+
+async def send_webhook(ctx: DeliveryContext, payload: DeliveryPayload) -> int:
+    """POST one signed webhook; returns the receiver's 2xx status."""
+    signer = ctx["webhook_signer"]
+    if signer is None:
+        raise PermanentError("WEBHOOK_SECRET is not set on this server", channel="webhook")
+    return await post_webhook(ctx["http"], signer, payload)

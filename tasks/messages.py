@@ -1,0 +1,30 @@
+"""What a delivery job carries: everything needed to send one message to one recipient.
+
+It is a plain JSON-able dict (a durable queue stores it as JSON) fixed when the notification is
+accepted, so every retry sends exactly the same content.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, TypedDict
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+
+
+class DeliveryPayload(TypedDict):
+    delivery_id: str
+    notification_id: str
+    channel: str
+    address: str
+    event_type: str
+    created_at: str
+    subject: str
+    text: str
+    html: str | None
+    template: str | None
+    context: dict[str, Any]
+    metadata: dict[str, Any]

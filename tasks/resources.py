@@ -1,0 +1,51 @@
+"""Long-lived clients the delivery tasks share, opened once per process and closed on shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from standardwebhooks import Webhook
+
+from core.config import Settings
+from tasks.channels.email import ConsoleMailer, Mailer, SmtpMailer
+from tasks.channels.netguard import GuardedTransport
+
+WEBHOOK_CONNECTIONS = 100
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    if settings.SMTP_HOST is None:
+        return ConsoleMailer()
+    return SmtpMailer(
+        host=settings.SMTP_HOST,
+        port=settings.SMTP_PORT,
+        tls=settings.SMTP_TLS,
+        username=settings.SMTP_USERNAME,
+        password=settings.SMTP_PASSWORD.get_secret_value() if settings.SMTP_PASSWORD else None,
+        timeout_s=settings.SMTP_TIMEOUT_S,
+    )
+
+
+def build_webhook_client(settings: Settings) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=WEBHOOK_CONNECTIONS, max_keepalive_connections=20)
+    return httpx.AsyncClient(
+        transport=GuardedTransport(allow_private=settings.WEBHOOK_ALLOW_PRIVATE, limits=limits),
+        timeout=httpx.Timeout(settings.WEBHOOK_TIMEOUT_S),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+@asynccontextmanager
+async def delivery_resources(settings: Settings) -> AsyncIterator[dict[str, object]]:
+    """The shared part of every DeliveryContext (the runner adds ``job_id`` and ``job_try``)."""
+    secret = settings.WEBHOOK_SECRET
+    async with build_webhook_client(settings) as http:
+        yield {
+            "http": http,
+            "mailer": build_mailer(settings),
+            "email_from": settings.email_from_address,
+            "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,
+        }

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from core.config import Settings
+from tests.support.receiver import Receiver, serve_in_thread
+from tests.support.smtp import SmtpSink, smtp_server
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herald-test-secret-0123456789abcdef").decode()
+API_KEY = "test-key-" + "x" * 24
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from each test, never from the machine running the suite."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_settings() -> Callable[..., Settings]:
+    """Settings with fast retries and loopback webhooks allowed; override anything."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "WEBHOOK_ALLOW_PRIVATE": True,
+            "RETRY_BASE_DELAY_S": 0.02,
+            "RETRY_MAX_DELAY_S": 0.2,
+            "WEBHOOK_TIMEOUT_S": 2.0,
+            "SMTP_TIMEOUT_S": 2.0,
+            "SHUTDOWN_GRACE_S": 5.0,
+            "EMAIL_FROM": "Herald Test <herald@example.org>",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver(secret=WEBHOOK_SECRET)
+    with serve_in_thread(rec) as port:
+        rec.port = port
+        yield rec
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_server() as sink:
+        yield sink
+
+
+
+@pytest.fixture
+def client_for(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
+    """``async with client_for(**settings) as client``: the app with its lifespan, over ASGITransport."""
+
+    @asynccontextmanager
+    async def open_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(make_settings(**overrides))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
+                yield client
+
+    return open_client

@@ -1,0 +1,1 @@
+"""Real servers and helpers the suite starts for itself."""
