@@ -10,7 +10,7 @@ import httpx
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tasks.notifications import DeliveryStatus, DeliveryView, NotificationView
+from tasks.notifications import DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
 
 MAX_ADDRESS_LENGTH = 2048
 MAX_SUBJECT_LENGTH = 255
@@ -149,7 +149,7 @@ class DeliveryOut(BaseModel):
 
 class NotificationOut(BaseModel):
     id: str
-    status: Literal["queued", "in_progress", "delivered", "failed", "partially_delivered", "cancelled"]
+    status: NotificationStatus
     created_at: datetime
     event_type: str
     template: str | None
@@ -161,7 +161,7 @@ class NotificationOut(BaseModel):
     def of(cls, view: NotificationView) -> NotificationOut:
         return cls(
             id=view.id,
-            status=view.status,  # type: ignore[arg-type]
+            status=view.status,
             created_at=view.created_at,
             event_type=view.event_type,
             template=view.template,

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from core.backend import AfterResponse, TaskBackend
 from core.errors import HeraldError
@@ -40,6 +40,9 @@ _STATUS_OF_JOB = {
     JobState.FAILED: DeliveryStatus.FAILED,
     JobState.CANCELLED: DeliveryStatus.CANCELLED,
 }
+
+
+NotificationStatus = Literal["queued", "in_progress", "delivered", "failed", "partially_delivered", "cancelled"]
 
 
 class IdempotencyConflictError(HeraldError):
@@ -87,7 +90,7 @@ class DeliveryView:
 @dataclass(frozen=True, slots=True)
 class NotificationView:
     id: str
-    status: str
+    status: NotificationStatus
     created_at: datetime
     event_type: str
     template: str | None
@@ -283,15 +286,16 @@ def _view(record: NotificationRecord, jobs: dict[str, JobRecord]) -> Notificatio
     )
 
 
-def overall_status(statuses: list[DeliveryStatus]) -> str:
-    """``queued``, ``in_progress``, ``delivered``, ``failed``, ``partially_delivered`` or ``cancelled``."""
+def overall_status(statuses: list[DeliveryStatus]) -> NotificationStatus:
     unique = set(statuses)
     if not unique or unique == {DeliveryStatus.QUEUED}:
         return "queued"
     if unique & {DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRYING}:
         return "in_progress"
-    if len(unique) == 1:
-        return next(iter(unique)).value
+    if unique == {DeliveryStatus.DELIVERED}:
+        return "delivered"
+    if unique == {DeliveryStatus.CANCELLED}:
+        return "cancelled"
     if DeliveryStatus.DELIVERED in unique:
         return "partially_delivered"
     return "failed"

@@ -42,7 +42,7 @@ async def test_notify_sends_email_and_webhook_then_reports_delivered(
         ]
 
         async def all_delivered() -> bool:
-            return (await _status(client, accepted["id"]))["status"] == "delivered"
+            return bool((await _status(client, accepted["id"]))["status"] == "delivered")
 
         await eventually(all_delivered, what="both deliveries delivered")
         final = await _status(client, accepted["id"])
@@ -90,7 +90,7 @@ async def test_failed_delivery_shows_attempts_and_last_error(client_for: Any, re
         ).json()
 
         async def failed() -> bool:
-            return (await _status(client, accepted["id"]))["status"] == "failed"
+            return bool((await _status(client, accepted["id"]))["status"] == "failed")
 
         await eventually(failed, what="the delivery to fail")
         [delivery] = (await _status(client, accepted["id"]))["deliveries"]

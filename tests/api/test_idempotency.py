@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.receiver import Receiver
+from tests.support.waiting import eventually
+
+
+def _body(receiver: Receiver, text: str = "hello") -> dict[str, Any]:
+    return {"to": [{"channel": "webhook", "address": receiver.url("/idem")}], "subject": "s", "text": text}
+
+
+async def test_same_key_same_body_returns_same_notification_and_sends_once(client_for: Any, receiver: Receiver) -> None:
+    async with client_for() as client:
+        first = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "order-1"})
+        await eventually(lambda: len(receiver.received("/idem")) == 1, what="first delivery")
+        second = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "order-1"})
+        other = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "order-2"})
+        await eventually(lambda: len(receiver.received("/idem")) == 2, what="the other key's delivery")
+    assert first.status_code == second.status_code == 202
+    assert second.json()["id"] == first.json()["id"]
+    assert second.headers["location"] == first.headers["location"]
+    assert second.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert other.json()["id"] != first.json()["id"]
+    ids = [r.headers["webhook-id"] for r in receiver.received("/idem")]
+    assert ids == [first.json()["deliveries"][0]["id"], other.json()["deliveries"][0]["id"]]
+
+
+async def test_same_key_different_body_is_409(client_for: Any, receiver: Receiver) -> None:
+    async with client_for() as client:
+        first = await client.post("/notify", json=_body(receiver, "a"), headers={"Idempotency-Key": "k"})
+        second = await client.post("/notify", json=_body(receiver, "b"), headers={"Idempotency-Key": "k"})
+    assert first.status_code == 202
+    assert second.status_code == 409
+    assert "different request body" in second.json()["detail"]
+
+
+async def test_key_expires_after_its_ttl(client_for: Any, receiver: Receiver) -> None:
+    async with client_for(IDEMPOTENCY_TTL_S=0.2) as client:
+        first = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "short"})
+
+        async def fresh_after_ttl() -> bool:
+            again = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "short"})
+            return bool(again.json()["id"] != first.json()["id"])
+
+        await eventually(fresh_after_ttl, what="the key to expire")
