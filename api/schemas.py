@@ -15,7 +15,8 @@ from tasks.notifications import DeliveryStatus, DeliveryView, NotificationStatus
 MAX_ADDRESS_LENGTH = 2048
 MAX_SUBJECT_LENGTH = 255
 MAX_TEXT_LENGTH = 100_000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0/C1 controls and Unicode line/paragraph separators: any of them can end an email header line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 

@@ -4,7 +4,8 @@
     ├── ConfigError            a setting is missing or malformed (start-up stops)
     ├── EnqueueError           a job could not be accepted
     │   ├── QueueClosedError     the runner is shutting down
-    │   └── QueueFullError       the in-process queue is at TASK_QUEUE_MAX
+    │   ├── QueueFullError       the in-process queue is at TASK_QUEUE_MAX
+    │   └── DuplicateJobError    a job with the same id is already queued
     └── TaskError              raised by a task attempt; decides what happens next
         ├── RetryableError       try again after back-off (or after ``retry_after_s``)
         └── PermanentError       give up now; retrying cannot help
@@ -34,6 +35,10 @@ class QueueClosedError(EnqueueError):
 
 class QueueFullError(EnqueueError):
     """The in-process runner already holds its maximum number of unfinished jobs."""
+
+
+class DuplicateJobError(EnqueueError):
+    """A job with this id is already queued or running."""
 
 
 class TaskError(HeraldError):

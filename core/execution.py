@@ -47,16 +47,18 @@ async def run_attempt(
     """
     attempt: int = ctx["job_try"]
     policy = task.policy
+    deadline = asyncio.timeout(policy.timeout_s)
     try:
-        async with asyncio.timeout(policy.timeout_s):
+        async with deadline:
             result = await task.function(ctx, *args, **kwargs)
-    except TimeoutError:
-        error: TaskError = RetryableError(f"attempt timed out after {policy.timeout_s:g}s")
     except TaskError as exc:
-        error = exc
-    except Exception as exc:  # a bug in the task, not a verdict about the destination
-        logger.exception("task %s raised an unexpected error", task.name, extra={"job_id": ctx["job_id"]})
-        error = PermanentError(f"internal error in task {task.name}: {type(exc).__name__}")
+        error: TaskError = exc
+    except Exception as exc:
+        if isinstance(exc, TimeoutError) and deadline.expired():
+            error = RetryableError(f"attempt timed out after {policy.timeout_s:g}s")
+        else:  # a bug in the task (a bare TimeoutError too), not a verdict about the destination
+            logger.exception("task %s raised an unexpected error", task.name, extra={"job_id": ctx["job_id"]})
+            error = PermanentError(f"internal error in task {task.name}: {type(exc).__name__}")
     else:
         return Outcome(Verdict.SUCCEEDED, result=result)
 

@@ -19,13 +19,15 @@ from datetime import timedelta
 from typing import Any
 
 from core.backend import AfterResponse
-from core.errors import QueueClosedError, QueueFullError
+from core.errors import DuplicateJobError, QueueClosedError, QueueFullError
 from core.execution import Verdict, run_attempt
 from core.jobs import JobRecord, JobSpec, JobState, utcnow
 from core.registry import TaskDef, TaskRegistry
 from core.store import JobStore
 
 logger = logging.getLogger("herald.jobs")
+
+WORKER_CANCEL_WAIT_S = 1.0
 
 
 @dataclass(slots=True)
@@ -79,6 +81,10 @@ class InlineBackend:
             raise QueueClosedError("the server is shutting down and accepts no new jobs")
         if self.unfinished + len(specs) > self._max_unfinished:
             raise QueueFullError(f"{self.unfinished} jobs are waiting (limit {self._max_unfinished})")
+        ids = [spec.job_id for spec in specs]
+        duplicates = {job_id for job_id in ids if job_id in self._unfinished or ids.count(job_id) > 1}
+        if duplicates:
+            raise DuplicateJobError(f"jobs already queued under these ids: {sorted(duplicates)}")
         jobs = [self._job(spec) for spec in specs]  # raises before anything is reserved
         for job in jobs:
             self._unfinished[job.record.id] = job
@@ -108,7 +114,8 @@ class InlineBackend:
         self._timers.clear()
         for worker in self._workers:
             worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._workers:  # bounded: a task that swallows CancelledError must not hang shutdown
+            await asyncio.wait(self._workers, timeout=WORKER_CANCEL_WAIT_S)
         self._workers = []
         for job in left:
             await self._finish(job, JobState.CANCELLED, f"not finished within the {grace_s:g}s shutdown grace")
@@ -135,9 +142,12 @@ class InlineBackend:
                 await self._attempt(job)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the store failed; the job must not vanish with the worker
+            except Exception:  # the store failed; the job must not vanish, nor the worker die
                 logger.exception("runner error on job %s", job.record.id)
-                await self._finish(job, JobState.FAILED, "internal error in the runner")
+                try:
+                    await self._finish(job, JobState.FAILED, "internal error in the runner")
+                except Exception:
+                    logger.exception("could not record the failure of job %s", job.record.id)
 
     async def _attempt(self, job: _Job) -> None:
         record = job.record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -26,9 +27,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if self.timeout_s <= 0 or self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
-            raise ValueError("need timeout_s > 0 and 0 <= base_delay_s <= max_delay_s")
-        if self.factor < 1 or not 0 <= self.jitter < 1:
+        # written as positive comparisons so that NaN fails them
+        if not (self.timeout_s > 0 and 0 <= self.base_delay_s <= self.max_delay_s < math.inf):
+            raise ValueError("need timeout_s > 0 and 0 <= base_delay_s <= max_delay_s < inf")
+        if not (1 <= self.factor < math.inf and 0 <= self.jitter < 1):
             raise ValueError("need factor >= 1 and 0 <= jitter < 1")
 
     def nominal_delay_s(self, attempt: int) -> float:

@@ -39,10 +39,10 @@ class MemoryJobStore:
             self._prune()
 
     async def get(self, job_id: str) -> JobRecord | None:
-        return self._records.get(job_id)
+        return self._live(job_id)
 
     async def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
-        return {job_id: record for job_id in job_ids if (record := self._records.get(job_id)) is not None}
+        return {job_id: record for job_id in job_ids if (record := self._live(job_id)) is not None}
 
     async def delete(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
@@ -51,6 +51,12 @@ class MemoryJobStore:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def _live(self, job_id: str) -> JobRecord | None:
+        record = self._records.get(job_id)
+        if record is not None and record.finished_at is not None and record.finished_at < utcnow() - self._ttl:
+            return None  # expired; eviction itself waits for the next save
+        return record
 
     def _prune(self) -> None:
         oldest_kept = utcnow() - self._ttl

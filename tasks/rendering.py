@@ -56,7 +56,7 @@ class TemplateLibrary:
             known = ", ".join(self.names())
             raise TemplateProblem(f"unknown template {name!r}; known templates: {known}", field="template")
         subject = self._render(name, "subject.txt", context).strip()
-        if "\n" in subject or "\r" in subject:
+        if len(subject.splitlines()) > 1:  # not only CR/LF: the email header refuses \x85, \u2028, ... too
             raise TemplateProblem("the rendered subject must be a single line", field="context")
         text = self._render(name, "body.txt", context)
         html = self._render(name, "body.html", context) if (self._root / name / "body.html").is_file() else None

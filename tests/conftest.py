@@ -59,7 +59,6 @@ def smtp() -> Iterator[SmtpSink]:
         yield sink
 
 
-
 @pytest.fixture
 def client_for(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
     """``async with client_for(**settings) as client``: the app with its lifespan, over ASGITransport."""

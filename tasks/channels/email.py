@@ -25,8 +25,11 @@ def build_message(payload: DeliveryPayload, sender: Address) -> EmailMessage:
     """A multipart (text + optional HTML) message whose Message-ID is fixed by the delivery id."""
     message = EmailMessage(policy=SMTP)
     message["From"] = sender
-    message["To"] = payload["address"]
-    message["Subject"] = payload["subject"]
+    try:
+        message["To"] = payload["address"]
+        message["Subject"] = payload["subject"]
+    except ValueError as exc:  # a line break (any str.splitlines() knows) would split the header
+        raise PermanentError(f"cannot build the email headers: {exc}", channel=CHANNEL) from exc
     message["Message-ID"] = f"<{payload['delivery_id']}@{sender.domain or 'herald.invalid'}>"
     message["X-Herald-Notification-ID"] = payload["notification_id"]
     # quoted-printable keeps the body readable in the console and in raw mail sources

@@ -44,6 +44,7 @@ def signed_headers(signer: Webhook, delivery_id: str, body: str, now: datetime |
     return {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
+        "accept-encoding": "identity",  # error excerpts are read raw: a gzipped one would be unreadable bytes
         "webhook-id": delivery_id,
         "webhook-timestamp": str(int(sent_at.timestamp())),
         "webhook-signature": signer.sign(delivery_id, sent_at, body),
@@ -95,7 +96,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a huge year overflows datetime()
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -99,6 +99,13 @@ CASES: list[tuple[str, Any, int, list[Any] | None, str]] = [
         ["body", "subject"],
         "one line",
     ),
+    (
+        "unicode line separator in subject",
+        {"to": [EMAIL], "subject": "Hi\u2028Bcc: x@example.com", "text": "t"},
+        422,
+        ["body", "subject"],
+        "one line",
+    ),
     ("subject too long", {"to": [EMAIL], "subject": "s" * 256, "text": "t"}, 422, ["body", "subject"], "255"),
     ("empty text", {"to": [EMAIL], "subject": "s", "text": ""}, 422, ["body", "text"], "at least 1"),
     (

@@ -89,9 +89,7 @@ class Receiver:
 @contextmanager
 def serve_in_thread(app: Any, *, host: str = "127.0.0.1") -> Iterator[int]:
     """Run ``app`` with uvicorn on a free port in a background thread; yields the port."""
-    config = uvicorn.Config(
-        app, host=host, port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-    )
+    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-receiver", daemon=True)
     thread.start()

@@ -1,0 +1,105 @@
+"""Factories for the delivery tests: payloads, a DeliveryContext, and the real in-process runner."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from standardwebhooks import Webhook
+
+from core.config import Settings
+from core.inline import InlineBackend
+from core.jobs import JobRecord, JobSpec
+from core.store import MemoryJobStore
+from tasks.channels.email import Mailer
+from tasks.delivery import DeliveryContext
+from tasks.messages import Channel, DeliveryPayload
+from tasks.registry import TASK_FOR_CHANNEL, build_registry
+from tasks.resources import build_mailer, build_webhook_client, delivery_resources
+from tests.conftest import WEBHOOK_SECRET
+from tests.support.waiting import eventually
+
+_ids = itertools.count(1)
+
+
+def make_payload(
+    *,
+    channel: Channel = Channel.WEBHOOK,
+    address: str = "ada@example.com",
+    delivery_id: str | None = None,
+    event_type: str = "notification.sent",
+    subject: str = "Hello Ada",
+    text: str = "Hi Ada,\nthis is a test.\n",
+    html: str | None = None,
+    template: str | None = None,
+    context: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> DeliveryPayload:
+    """A JSON-able payload as the notification service would enqueue it; unique ids per call."""
+    n = next(_ids)
+    return DeliveryPayload(
+        delivery_id=delivery_id or f"dlv_test{n:04d}",
+        notification_id=f"ntf_test{n:04d}",
+        channel=channel.value,
+        address=address,
+        event_type=event_type,
+        created_at="2024-05-01T12:00:00+00:00",
+        subject=subject,
+        text=text,
+        html=html,
+        template=template,
+        context=context or {},
+        metadata=metadata or {},
+    )
+
+
+@asynccontextmanager
+async def delivery_context(
+    settings: Settings, *, mailer: Mailer | None = None, signed: bool = True
+) -> AsyncIterator[DeliveryContext]:
+    """A DeliveryContext over the real clients ``tasks.resources`` builds; closes the HTTP client."""
+    async with build_webhook_client(settings) as http:
+        yield DeliveryContext(
+            job_id="job_test",
+            job_try=1,
+            http=http,
+            mailer=mailer or build_mailer(settings),
+            email_from=settings.email_from_address,
+            webhook_signer=Webhook(WEBHOOK_SECRET) if signed else None,
+        )
+
+
+@asynccontextmanager
+async def inline_runner(settings: Settings) -> AsyncIterator[InlineBackend]:
+    """The real InlineBackend with Herald's registry and resources, started and stopped."""
+    async with delivery_resources(settings) as resources:
+        backend = InlineBackend(
+            build_registry(settings),
+            MemoryJobStore(max_finished=100, ttl_s=3600),
+            resources,
+            concurrency=2,
+            max_unfinished=100,
+        )
+        await backend.start()
+        try:
+            yield backend
+        finally:
+            await backend.stop(grace_s=1.0)
+
+
+async def deliver(backend: InlineBackend, payload: DeliveryPayload, *, timeout_s: float = 10.0) -> JobRecord:
+    """Enqueue one delivery the way the service does and wait until its record is final."""
+    task = TASK_FOR_CHANNEL[Channel(payload["channel"])]
+    spec = JobSpec(task=task, job_id=payload["delivery_id"], args=(payload,))
+    await backend.enqueue([spec])
+
+    async def finished() -> bool:
+        record = await backend.store.get(spec.job_id)
+        return record is not None and record.state.is_terminal
+
+    await eventually(finished, timeout_s=timeout_s, what=f"job {spec.job_id} to finish")
+    record = await backend.store.get(spec.job_id)
+    assert record is not None
+    return record
