@@ -102,5 +102,6 @@ class ConsoleMailer:
         stream = self._stream or sys.stdout
         rule = "-" * 72
         async with self._lock:
-            stream.write(f"{rule}\n{message.as_string()}\n{rule}\n")
+            text = message.as_string(policy=message.policy.clone(linesep="\n"))
+            stream.write(f"{rule}\n{text}\n{rule}\n")
             stream.flush()

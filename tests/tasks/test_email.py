@@ -175,6 +175,7 @@ async def test_console_mailer_prints_the_message(make_settings: SettingsFactory)
     assert "Message-ID: <dlv_console1@example.org>" in printed
     assert "To: ada@example.com" in printed
     assert "the report is attached." in printed
+    assert "\r" not in printed, "console output uses plain newlines"
 
 
 async def test_inline_runner_retries_451_then_delivers_once(make_settings: SettingsFactory, smtp: SmtpSink) -> None:
