@@ -12,9 +12,10 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routers import health, notifications
 from core.config import Settings, get_settings
+from core.documents import MemoryDocumentStore
 from core.inline import InlineBackend
 from core.store import MemoryJobStore
-from tasks.notifications import MemoryNotificationStore, NotificationService
+from tasks.notifications import NotificationService
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
 
@@ -33,13 +34,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             resources,
             concurrency=settings.TASK_CONCURRENCY,
             max_unfinished=settings.TASK_QUEUE_MAX,
+            documents=MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S),
         )
-        store = MemoryNotificationStore(
-            max_deliveries=settings.RECORD_MAX_COUNT,
-            ttl_s=settings.RECORD_TTL_S,
-            idempotency_ttl_s=settings.IDEMPOTENCY_TTL_S,
-        )
-        app.state.notifications = NotificationService(store, backend)
+        app.state.backend = backend
+        app.state.notifications = NotificationService(backend, idempotency_ttl_s=settings.IDEMPOTENCY_TTL_S)
         await backend.start()
         logger.info(
             "herald ready: backend=%s concurrency=%d email=%s",

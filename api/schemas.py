@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tasks.notifications import DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
 
@@ -93,6 +93,10 @@ class NotifyRequest(BaseModel):
     text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
     html: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed in status and webhooks.")
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="ISO-8601 with a timezone: deliveries wait until then (status `scheduled`); past = now.",
+    )
 
     @field_validator("subject")
     @classmethod
@@ -156,6 +160,7 @@ class NotificationOut(BaseModel):
     template: str | None
     subject: str
     metadata: dict[str, Any]
+    send_at: datetime | None
     deliveries: list[DeliveryOut]
 
     @classmethod
@@ -168,6 +173,7 @@ class NotificationOut(BaseModel):
             template=view.template,
             subject=view.subject,
             metadata=view.metadata,
+            send_at=view.send_at,
             deliveries=[DeliveryOut.of(d) for d in view.deliveries],
         )
 
@@ -189,3 +195,9 @@ class ErrorOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     backend: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    backend: str
+    checks: dict[str, Any]

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     TASK_CONCURRENCY: int = Field(default=20, ge=1, le=1000)
     TASK_QUEUE_MAX: int = Field(default=10_000, ge=1, le=1_000_000)
     SHUTDOWN_GRACE_S: PositiveSeconds = 20.0
+    INLINE_MAX_DEFER_S: PositiveSeconds = 3600.0
     RETRY_BASE_DELAY_S: PositiveSeconds = 2.0
     RETRY_MAX_DELAY_S: PositiveSeconds = 300.0
     EMAIL_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=50)

@@ -2,9 +2,10 @@
 
 Jobs wait in an in-memory queue; ``TASK_CONCURRENCY`` workers take them one at a time. A failed
 attempt that may be retried does not hold a worker while it backs off: a timer puts the job back
-in the queue when its delay is over. On shutdown the runner stops accepting, lets queued,
-running and backing-off jobs finish until the grace period ends, then cancels the rest and logs
-each one by id. Everything lives in this process: a SIGKILL loses what had not finished.
+in the queue when its delay is over (a scheduled job waits on a timer the same way). On shutdown
+the runner stops accepting, lets queued, running and backing-off jobs finish until the grace period
+ends, then cancels the rest and logs each one by id. Everything lives in this process: a SIGKILL
+loses what had not finished.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from core.backend import AfterResponse
+from core.backend import AfterResponse, Enqueued
+from core.documents import Claim, Document, MemoryDocumentStore
 from core.errors import DuplicateJobError, QueueClosedError, QueueFullError
 from core.execution import Verdict, run_attempt
-from core.jobs import JobRecord, JobSpec, JobState, utcnow
+from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState, utcnow
 from core.registry import TaskDef, TaskRegistry
 from core.store import JobStore
 
@@ -40,6 +42,8 @@ class _Job:
 class InlineBackend:
     """Runs registered tasks in this process. See the module docstring."""
 
+    name = "inline"
+
     def __init__(
         self,
         registry: TaskRegistry,
@@ -48,8 +52,10 @@ class InlineBackend:
         *,
         concurrency: int,
         max_unfinished: int,
+        documents: MemoryDocumentStore | None = None,
     ) -> None:
         self.store = store
+        self.documents = documents or MemoryDocumentStore(max_documents=10_000, ttl_s=86_400)
         self._registry = registry
         self._resources = dict(resources)
         self._concurrency = concurrency
@@ -75,8 +81,13 @@ class InlineBackend:
         self._workers = [asyncio.create_task(self._work(), name=f"herald-worker-{n}") for n in range(self._concurrency)]
 
     async def enqueue(
-        self, specs: Sequence[JobSpec], *, after_response: AfterResponse | None = None
-    ) -> list[JobRecord]:
+        self,
+        specs: Sequence[JobSpec],
+        *,
+        after_response: AfterResponse | None = None,
+        documents: Sequence[Document] = (),
+        claim: Claim | None = None,
+    ) -> Enqueued:
         if not self._accepting:
             raise QueueClosedError("the server is shutting down and accepts no new jobs")
         if self.unfinished + len(specs) > self._max_unfinished:
@@ -86,6 +97,10 @@ class InlineBackend:
         if duplicates:
             raise DuplicateJobError(f"jobs already queued under these ids: {sorted(duplicates)}")
         jobs = [self._job(spec) for spec in specs]  # raises before anything is reserved
+        if claim is not None and (existing := self.documents.claim(claim)) is not None:
+            return Enqueued(existing_claim=existing)
+        for document in documents:
+            self.documents.put(document.key, document.value)
         for job in jobs:
             self._unfinished[job.record.id] = job
         self._idle.clear()
@@ -95,13 +110,30 @@ class InlineBackend:
         except BaseException:
             for job in jobs:
                 del self._unfinished[job.record.id]
+            await self.documents.delete(*(d.key for d in documents), *([claim.key] if claim else []))
             self._set_idle_if_done()
             raise
         if after_response is None:
-            self._submit(jobs)
+            await self._submit(jobs)
         else:
             after_response.add_task(self._submit, jobs)
-        return [job.record for job in jobs]
+        return Enqueued(records=[job.record for job in jobs])
+
+    async def cancel(self, job_ids: Sequence[str]) -> list[str]:
+        cancelled = []
+        for job_id in job_ids:
+            job = self._unfinished.get(job_id)
+            if job is None or job.record.state not in CANCELLABLE:
+                continue
+            timer = self._timers.pop(job_id, None)
+            if timer is not None:
+                timer.cancel()
+            await self._finish(job, JobState.CANCELLED, "cancelled before it was sent")
+            cancelled.append(job_id)
+        return cancelled
+
+    async def readiness(self) -> dict[str, Any]:
+        return {"ready": self._accepting, "unfinished_jobs": len(self._unfinished)}
 
     async def stop(self, grace_s: float) -> list[str]:
         self._accepting = False
@@ -126,18 +158,29 @@ class InlineBackend:
     def _job(self, spec: JobSpec) -> _Job:
         task = self._registry.get(spec.task)
         record = JobRecord(id=spec.job_id, task=task.name, max_attempts=task.policy.max_attempts)
+        if spec.is_deferred():
+            record.move_to(JobState.SCHEDULED, next_attempt_at=spec.defer_until)
         return _Job(spec=spec, task=task, record=record)
 
-    def _submit(self, jobs: list[_Job]) -> None:
+    async def _submit(self, jobs: list[_Job]) -> None:
         # Runs after the response (BackgroundTasks) or inline; must not raise, or Starlette
-        # would skip the other background tasks of the same response.
+        # would skip the other background tasks of the same response. It is async so that
+        # Starlette runs it on the event loop, not in its thread pool as it would a plain def.
+        loop = asyncio.get_running_loop()
         for job in jobs:
-            if job.record.id in self._unfinished:  # stop() may have given up on it already
+            if job.record.id not in self._unfinished:  # stop() or cancel() got to it first
+                continue
+            wait_s = (job.spec.defer_until - utcnow()).total_seconds() if job.spec.defer_until else 0.0
+            if wait_s > 0:
+                self._timers[job.record.id] = loop.call_later(wait_s, self._requeue, job)
+            else:
                 self._queue.put_nowait(job)
 
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
+            if job.record.id not in self._unfinished:  # cancelled while it waited
+                continue
             try:
                 await self._attempt(job)
             except asyncio.CancelledError:

@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 
 class JobState(StrEnum):
     QUEUED = "queued"
+    SCHEDULED = "scheduled"
     RUNNING = "running"
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
@@ -23,6 +24,7 @@ class JobState(StrEnum):
 
 
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+CANCELLABLE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING})
 
 
 class JobContext(TypedDict):
@@ -48,12 +50,18 @@ class JobSpec:
     job_id: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    defer_until: datetime | None = None
 
     def __post_init__(self) -> None:
         try:
             json.dumps([self.args, self.kwargs], allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"arguments of task {self.task!r} must be JSON-able: {exc}") from None
+        if self.defer_until is not None and self.defer_until.tzinfo is None:
+            raise ValueError("defer_until must be timezone-aware")
+
+    def is_deferred(self, now: datetime | None = None) -> bool:
+        return self.defer_until is not None and self.defer_until > (now or utcnow())
 
 
 @dataclass(slots=True)
@@ -71,6 +79,35 @@ class JobRecord:
     next_attempt_at: datetime | None = None
     finished_at: datetime | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task": self.task,
+            "max_attempts": self.max_attempts,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "next_attempt_at": _iso(self.next_attempt_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobRecord:
+        return cls(
+            id=data["id"],
+            task=data["task"],
+            max_attempts=int(data["max_attempts"]),
+            state=JobState(data["state"]),
+            attempts=int(data["attempts"]),
+            last_error=data.get("last_error"),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            updated_at=datetime.fromisoformat(data["updated_at"]),
+            next_attempt_at=_parse(data.get("next_attempt_at")),
+            finished_at=_parse(data.get("finished_at")),
+        )
+
     def move_to(self, state: JobState, *, error: str | None = None, next_attempt_at: datetime | None = None) -> None:
         now = utcnow()
         self.state = state
@@ -80,3 +117,11 @@ class JobRecord:
             self.last_error = error
         if state.is_terminal:
             self.finished_at = now
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

@@ -1,20 +1,20 @@
 """Notifications: one message to many recipients, one delivery job per recipient.
 
-A notification record holds what was asked; each delivery's live status is its job's record in
-the task module's store. The in-memory store keeps the newest ``RECORD_MAX_COUNT`` deliveries'
-notifications (and drops older ones and those past ``RECORD_TTL_S``), so memory stays flat.
+A notification record (a document in the backend's store, written atomically with its jobs) holds
+what was asked; each delivery's live status is its job's record. Both expire after ``RECORD_TTL_S``;
+in memory they are also bounded by count, so memory stays flat.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from core.backend import AfterResponse, TaskBackend
+from core.documents import Claim, Document
 from core.errors import HeraldError
 from core.jobs import JobRecord, JobSpec, JobState, utcnow
 from core.store import JobStore
@@ -25,6 +25,7 @@ from tasks.rendering import RenderedMessage
 
 class DeliveryStatus(StrEnum):
     QUEUED = "queued"
+    SCHEDULED = "scheduled"
     SENDING = "sending"
     RETRYING = "retrying"
     DELIVERED = "delivered"
@@ -34,6 +35,7 @@ class DeliveryStatus(StrEnum):
 
 _STATUS_OF_JOB = {
     JobState.QUEUED: DeliveryStatus.QUEUED,
+    JobState.SCHEDULED: DeliveryStatus.SCHEDULED,
     JobState.RUNNING: DeliveryStatus.SENDING,
     JobState.RETRYING: DeliveryStatus.RETRYING,
     JobState.SUCCEEDED: DeliveryStatus.DELIVERED,
@@ -42,7 +44,9 @@ _STATUS_OF_JOB = {
 }
 
 
-NotificationStatus = Literal["queued", "in_progress", "delivered", "failed", "partially_delivered", "cancelled"]
+NotificationStatus = Literal[
+    "queued", "scheduled", "in_progress", "delivered", "failed", "partially_delivered", "cancelled"
+]
 
 
 class IdempotencyConflictError(HeraldError):
@@ -71,6 +75,32 @@ class NotificationRecord:
     subject: str
     metadata: dict[str, Any]
     deliveries: tuple[DeliveryRef, ...]
+    send_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "event_type": self.event_type,
+            "template": self.template,
+            "subject": self.subject,
+            "metadata": self.metadata,
+            "deliveries": [[d.id, d.channel.value, d.address] for d in self.deliveries],
+            "send_at": self.send_at.isoformat() if self.send_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NotificationRecord:
+        return cls(
+            id=data["id"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            event_type=data["event_type"],
+            template=data["template"],
+            subject=data["subject"],
+            metadata=data["metadata"],
+            deliveries=tuple(DeliveryRef(i, Channel(c), a) for i, c, a in data["deliveries"]),
+            send_at=datetime.fromisoformat(data["send_at"]) if data.get("send_at") else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,68 +126,26 @@ class NotificationView:
     template: str | None
     subject: str
     metadata: dict[str, Any]
+    send_at: datetime | None = None
     deliveries: list[DeliveryView] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _KeyClaim:
-    fingerprint: str
-    notification_id: str
-    expires_at: datetime
-
-
-class MemoryNotificationStore:
-    def __init__(self, *, max_deliveries: int, ttl_s: float, idempotency_ttl_s: float) -> None:
-        self._records: OrderedDict[str, NotificationRecord] = OrderedDict()
-        self._keys: OrderedDict[str, _KeyClaim] = OrderedDict()
-        self._delivery_count = 0
-        self._max_deliveries = max_deliveries
-        self._max_keys = max_deliveries * 10
-        self._ttl = timedelta(seconds=ttl_s)
-        self._key_ttl = timedelta(seconds=idempotency_ttl_s)
-
-    async def claim_key(self, key: str, fingerprint: str, notification_id: str) -> _KeyClaim | None:
-        """Claim ``key`` for ``notification_id`` unless a live claim exists; return that claim."""
-        now = utcnow()
-        existing = self._keys.get(key)
-        if existing is not None and existing.expires_at > now:
-            return existing
-        self._keys.pop(key, None)
-        self._keys[key] = _KeyClaim(fingerprint, notification_id, now + self._key_ttl)
-        while self._keys and (len(self._keys) > self._max_keys or next(iter(self._keys.values())).expires_at <= now):
-            self._keys.popitem(last=False)
-        return None
-
-    async def release_key(self, key: str) -> None:
-        self._keys.pop(key, None)
-
-    async def save(self, record: NotificationRecord) -> list[str]:
-        """Store ``record``; return the delivery ids of notifications evicted to make room."""
-        self._records[record.id] = record
-        self._delivery_count += len(record.deliveries)
-        evicted: list[str] = []
-        oldest_kept = utcnow() - self._ttl
-        while self._records:
-            oldest = next(iter(self._records.values()))
-            if self._delivery_count <= self._max_deliveries and oldest.created_at >= oldest_kept:
-                break
-            self._records.popitem(last=False)
-            self._delivery_count -= len(oldest.deliveries)
-            evicted.extend(ref.id for ref in oldest.deliveries)
-        return evicted
-
-    async def get(self, notification_id: str) -> NotificationRecord | None:
-        return self._records.get(notification_id)
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+def _notification_key(notification_id: str) -> str:
+    return f"ntf:{notification_id}"
+
+
+def _idempotency_key(key: str) -> str:
+    return f"idem:{key}"
+
+
 class NotificationService:
-    def __init__(self, store: MemoryNotificationStore, backend: TaskBackend) -> None:
-        self._store = store
+    def __init__(self, backend: TaskBackend, *, idempotency_ttl_s: float) -> None:
         self._backend = backend
+        self._idempotency_ttl_s = idempotency_ttl_s
 
     @property
     def jobs(self) -> JobStore:
@@ -171,21 +159,17 @@ class NotificationService:
         template: str | None,
         context: dict[str, Any],
         metadata: dict[str, Any],
+        send_at: datetime | None = None,
         idempotency: tuple[str, str] | None = None,
         after_response: AfterResponse | None = None,
     ) -> tuple[NotificationView, bool]:
-        """Accept a notification and queue one delivery per recipient.
+        """Accept a notification and queue one delivery per recipient, all in one atomic write.
 
         ``idempotency`` is ``(key, request fingerprint)``. Returns the view and whether it is a
         replay of an earlier request with the same key. Raises IdempotencyConflictError or an
-        EnqueueError; in both cases nothing was queued.
+        EnqueueError; in both cases nothing was written.
         """
         notification_id = new_id("ntf")
-        if idempotency is not None:
-            key, fingerprint = idempotency
-            claim = await self._store.claim_key(key, fingerprint, notification_id)
-            if claim is not None:
-                return await self._replay(claim, fingerprint), True
         created_at = utcnow()
         event_type = f"notification.{template}" if template else "notification.message"
         refs = tuple(DeliveryRef(new_id("dlv"), r.channel, r.address) for r in recipients)
@@ -197,41 +181,60 @@ class NotificationService:
             subject=message.subject,
             metadata=metadata,
             deliveries=refs,
+            send_at=send_at,
         )
         specs = [
             JobSpec(
                 task=TASK_FOR_CHANNEL[ref.channel],
                 job_id=ref.id,
                 args=(_payload(record, ref, message, context),),
+                defer_until=send_at,
             )
             for ref in refs
         ]
-        try:
-            jobs = await self._backend.enqueue(specs, after_response=after_response)
-        except BaseException:
-            if idempotency is not None:
-                await self._store.release_key(idempotency[0])
-            raise
-        evicted = await self._store.save(record)
-        if evicted:
-            await self.jobs.delete(evicted)
-        return _view(record, {job.id: job for job in jobs}), False
+        claim = None
+        if idempotency is not None:
+            key, fingerprint = idempotency
+            claim = Claim(
+                _idempotency_key(key),
+                {"fingerprint": fingerprint, "notification_id": notification_id},
+                self._idempotency_ttl_s,
+            )
+        enqueued = await self._backend.enqueue(
+            specs,
+            after_response=after_response,
+            documents=[Document(_notification_key(notification_id), record.to_json())],
+            claim=claim,
+        )
+        if enqueued.existing_claim is not None and idempotency is not None:
+            return await self._replay(enqueued.existing_claim, idempotency[1]), True
+        return _view(record, {job.id: job for job in enqueued.records}), False
 
     async def get(self, notification_id: str) -> NotificationView | None:
-        record = await self._store.get(notification_id)
+        record = await self._record(notification_id)
         if record is None:
             return None
         jobs = await self.jobs.get_many(ref.id for ref in record.deliveries)
         return _view(record, jobs)
 
-    async def _replay(self, claim: _KeyClaim, fingerprint: str) -> NotificationView:
-        if claim.fingerprint != fingerprint:
+    async def cancel(self, notification_id: str) -> NotificationView | None:
+        """Cancel the deliveries not yet sent; sending ones finish. None if the id is unknown."""
+        record = await self._record(notification_id)
+        if record is None:
+            return None
+        await self._backend.cancel([ref.id for ref in record.deliveries])
+        return await self.get(notification_id)
+
+    async def _record(self, notification_id: str) -> NotificationRecord | None:
+        data = await self._backend.documents.get(_notification_key(notification_id))
+        return NotificationRecord.from_json(data) if data is not None else None
+
+    async def _replay(self, claim: dict[str, Any], fingerprint: str) -> NotificationView:
+        if claim.get("fingerprint") != fingerprint:
             raise IdempotencyConflictError("this Idempotency-Key was already used with a different request body")
-        view = await self.get(claim.notification_id)
+        view = await self.get(str(claim.get("notification_id")))
         if view is None:
-            raise IdempotencyConflictError(
-                "this Idempotency-Key belongs to a request still in progress or no longer kept"
-            )
+            raise IdempotencyConflictError("the notification of this Idempotency-Key is no longer kept")
         return view
 
 
@@ -282,6 +285,7 @@ def _view(record: NotificationRecord, jobs: dict[str, JobRecord]) -> Notificatio
         template=record.template,
         subject=record.subject,
         metadata=record.metadata,
+        send_at=record.send_at,
         deliveries=deliveries,
     )
 
@@ -290,7 +294,9 @@ def overall_status(statuses: list[DeliveryStatus]) -> NotificationStatus:
     unique = set(statuses)
     if not unique or unique == {DeliveryStatus.QUEUED}:
         return "queued"
-    if unique & {DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRYING}:
+    if unique == {DeliveryStatus.SCHEDULED}:
+        return "scheduled"
+    if unique & {DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED, DeliveryStatus.SENDING, DeliveryStatus.RETRYING}:
         return "in_progress"
     if unique == {DeliveryStatus.DELIVERED}:
         return "delivered"

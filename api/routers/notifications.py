@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
@@ -53,6 +54,7 @@ async def notify(
     _check_limits(body, settings)
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise invalid(["header", "Idempotency-Key"], "must be 1-255 printable ASCII characters without spaces")
+    send_at = _check_send_at(body.send_at, settings)
     message = (
         default_library().render(body.template, body.context)
         if body.template is not None
@@ -64,6 +66,7 @@ async def notify(
         template=body.template,
         context=body.context,
         metadata=body.metadata,
+        send_at=send_at,
         idempotency=(idempotency_key, _fingerprint(body)) if idempotency_key else None,
         after_response=background,
     )
@@ -84,6 +87,35 @@ async def get_notification(notification_id: str, service: NotificationsDep) -> N
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
     return NotificationOut.of(view)
+
+
+@router.delete(
+    "/notifications/{notification_id}",
+    response_model=NotificationOut,
+    summary="Cancel the deliveries not yet sent (sending ones finish)",
+    responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
+)
+async def cancel_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
+    view = await service.cancel(notification_id)
+    if view is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
+    return NotificationOut.of(view)
+
+
+def _check_send_at(send_at: datetime | None, settings: Settings) -> datetime | None:
+    if send_at is None:
+        return None
+    send_at = send_at.astimezone(UTC)
+    ahead_s = (send_at - datetime.now(UTC)).total_seconds()
+    if ahead_s <= 0:
+        return None  # in the past: send now
+    if settings.TASK_BACKEND == "inline" and ahead_s > settings.INLINE_MAX_DEFER_S:
+        raise invalid(
+            ["body", "send_at"],
+            f"in-process mode keeps scheduled sends in memory, so at most {settings.INLINE_MAX_DEFER_S:g}s ahead "
+            "(INLINE_MAX_DEFER_S); later sends need the durable backend (TASK_BACKEND=arq)",
+        )
+    return send_at
 
 
 def _check_limits(body: NotifyRequest, settings: Settings) -> None:

@@ -7,7 +7,7 @@ import pytest
 from api.app import create_app
 from tests.conftest import API_KEY
 
-OPEN_PATHS = {"/healthz"}
+OPEN_PATHS = {"/healthz", "/readyz"}
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -67,9 +68,11 @@ class CollectedTasks:
     def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.calls.append((func, args, kwargs))
 
-    def run_all(self) -> None:
+    async def run_all(self) -> None:
         for func, args, kwargs in self.calls:
-            func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                await result
 
 
 def spec(task: str, *args: Any, **kwargs: Any) -> JobSpec:
@@ -77,7 +80,7 @@ def spec(task: str, *args: Any, **kwargs: Any) -> JobSpec:
 
 
 async def enqueue_one(backend: InlineBackend, job: JobSpec) -> JobRecord:
-    [record] = await backend.enqueue([job])
+    [record] = (await backend.enqueue([job])).records
     return record
 
 
@@ -376,7 +379,7 @@ async def test_after_response_jobs_wait_for_the_response(runner: Runner) -> None
     backend = await runner.start([record_run], concurrency=1)
     background = CollectedTasks()
     deferred = spec("record_run")
-    [queued] = await backend.enqueue([deferred], after_response=background)
+    [queued] = (await backend.enqueue([deferred], after_response=background)).records
     assert queued.state is JobState.QUEUED
     assert len(background.calls) == 1
 
@@ -388,7 +391,7 @@ async def test_after_response_jobs_wait_for_the_response(runner: Runner) -> None
     assert ran == [immediate.job_id]
     assert (await record_of(backend, deferred.job_id)).state is JobState.QUEUED
 
-    background.run_all()  # the response has been sent
+    await background.run_all()  # the response has been sent
     await wait_for_state(backend, deferred.job_id, JobState.SUCCEEDED)
     assert ran == [immediate.job_id, deferred.job_id]
 
@@ -403,7 +406,7 @@ async def test_after_response_callback_is_harmless_once_stop_gave_up(runner: Run
     await backend.enqueue([job], after_response=background)
 
     assert await backend.stop(grace_s=0.01) == [job.job_id]
-    background.run_all()  # Starlette runs it after the response even so; it must not raise
+    await background.run_all()  # Starlette runs it after the response even so; it must not raise
 
     assert (await record_of(backend, job.job_id)).state is JobState.CANCELLED
 

@@ -1,0 +1,72 @@
+"""Small JSON documents stored beside the jobs (e.g. a notification), each with a time to live."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.jobs import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A JSON-able value under ``key``, written atomically with the jobs it belongs to."""
+
+    key: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Set ``key`` to ``value`` for ``ttl_s`` unless it already holds a value (SET NX)."""
+
+    key: str
+    value: dict[str, Any]
+    ttl_s: float
+
+
+class DocumentStore(Protocol):
+    async def get(self, key: str) -> dict[str, Any] | None: ...
+
+    async def delete(self, *keys: str) -> None: ...
+
+
+class MemoryDocumentStore:
+    """Documents in a dict, bounded by count (oldest first out) and by age."""
+
+    def __init__(self, *, max_documents: int, ttl_s: float) -> None:
+        self._items: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        self._max = max_documents
+        self._ttl_s = ttl_s
+
+    def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
+        self._items.pop(key, None)
+        self._items[key] = (value, utcnow().timestamp() + (ttl_s if ttl_s is not None else self._ttl_s))
+        now = utcnow().timestamp()
+        while self._items:
+            _, oldest_expiry = next(iter(self._items.values()))
+            if len(self._items) <= self._max and oldest_expiry > now:
+                break
+            self._items.popitem(last=False)
+
+    def claim(self, claim: Claim) -> dict[str, Any] | None:
+        """Claim atomically (nothing awaits in between); return the live value if already claimed."""
+        existing = self._live(claim.key)
+        if existing is not None:
+            return existing
+        self.put(claim.key, claim.value, claim.ttl_s)
+        return None
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return self._live(key)
+
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._items.pop(key, None)
+
+    def _live(self, key: str) -> dict[str, Any] | None:
+        item = self._items.get(key)
+        if item is None or item[1] <= utcnow().timestamp():
+            return None
+        return item[0]
