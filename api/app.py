@@ -7,10 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.routers import health, notifications
+from core.arq_backend import ArqBackend
+from core.arq_worker import EmbeddedWorker
+from core.backend import TaskBackend
 from core.config import Settings, get_settings
 from core.documents import MemoryDocumentStore
 from core.inline import InlineBackend
@@ -18,17 +22,18 @@ from core.store import MemoryJobStore
 from tasks.notifications import NotificationService
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
+from tasks.worker import build_worker_options
 
 logger = logging.getLogger("herald.app")
 
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_COMMAND_TIMEOUT_S = 5.0
+
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    if settings.API_KEY is None:
-        logger.warning("API_KEY is not set: every endpoint is open to anyone who can reach this server")
+async def inline_backend(settings: Settings) -> AsyncIterator[TaskBackend]:
     async with delivery_resources(settings) as resources:
-        backend = InlineBackend(
+        yield InlineBackend(
             build_registry(settings),
             MemoryJobStore(max_finished=settings.RECORD_MAX_COUNT, ttl_s=settings.RECORD_TTL_S),
             resources,
@@ -36,13 +41,43 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_unfinished=settings.TASK_QUEUE_MAX,
             documents=MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S),
         )
+
+
+@asynccontextmanager
+async def arq_backend(settings: Settings) -> AsyncIterator[TaskBackend]:
+    assert settings.REDIS_URL is not None  # guaranteed by Settings' validation
+    redis = Redis.from_url(
+        settings.REDIS_URL.get_secret_value(),
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_COMMAND_TIMEOUT_S,
+    )
+    embedded = EmbeddedWorker(build_worker_options(settings)) if settings.WORKER_MODE == "embedded" else None
+    try:
+        yield ArqBackend(
+            build_registry(settings),
+            redis,
+            record_ttl_s=settings.RECORD_TTL_S,
+            heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
+            worker=embedded,
+        )
+    finally:
+        await redis.aclose()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.API_KEY is None:
+        logger.warning("API_KEY is not set: every endpoint is open to anyone who can reach this server")
+    open_backend = arq_backend if settings.TASK_BACKEND == "arq" else inline_backend
+    async with open_backend(settings) as backend:
         app.state.backend = backend
         app.state.notifications = NotificationService(backend, idempotency_ttl_s=settings.IDEMPOTENCY_TTL_S)
         await backend.start()
         logger.info(
-            "herald ready: backend=%s concurrency=%d email=%s",
+            "herald ready: backend=%s worker=%s email=%s",
             settings.TASK_BACKEND,
-            settings.TASK_CONCURRENCY,
+            settings.WORKER_MODE if settings.TASK_BACKEND == "arq" else f"in-process x{settings.TASK_CONCURRENCY}",
             f"smtp {settings.SMTP_HOST}:{settings.SMTP_PORT}" if settings.SMTP_HOST else "console",
         )
         try:

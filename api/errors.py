@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from core.errors import QueueClosedError, QueueFullError
+from core.errors import BackendUnavailableError, QueueClosedError, QueueFullError
 from tasks.notifications import IdempotencyConflictError
 from tasks.rendering import TemplateProblem
 
@@ -57,7 +57,16 @@ async def _queue_closed(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _backend_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"{exc}; nothing was stored, try again shortly"},
+        headers={"Retry-After": str(RETRY_AFTER_CLOSED_S)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BackendUnavailableError, _backend_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(TemplateProblem, _template_problem)
     app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)

@@ -29,7 +29,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore")
 
-    TASK_BACKEND: Literal["inline"] = "inline"
+    TASK_BACKEND: Literal["inline", "arq"] = "inline"
+    REDIS_URL: SecretStr | None = None
+    WORKER_MODE: Literal["separate", "embedded"] = "separate"
+    WORKER_MAX_JOBS: int = Field(default=50, ge=1, le=10_000)
+    WORKER_POLL_DELAY_S: PositiveSeconds = 0.1
+    HEARTBEAT_INTERVAL_S: PositiveSeconds = 10.0
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -91,8 +96,17 @@ class Settings(BaseSettings):
             raise ValueError(f"must decode to at least {MIN_WEBHOOK_SECRET_BYTES} bytes")
         return value
 
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.TASK_BACKEND == "arq" and self.REDIS_URL is None:
+            raise ValueError("TASK_BACKEND=arq needs REDIS_URL")
         if self.RETRY_MAX_DELAY_S < self.RETRY_BASE_DELAY_S:
             raise ValueError("RETRY_MAX_DELAY_S must be at least RETRY_BASE_DELAY_S")
         if (self.SMTP_USERNAME is None) != (self.SMTP_PASSWORD is None):

@@ -5,7 +5,8 @@
     ├── EnqueueError           a job could not be accepted
     │   ├── QueueClosedError     the runner is shutting down
     │   ├── QueueFullError       the in-process queue is at TASK_QUEUE_MAX
-    │   └── DuplicateJobError    a job with the same id is already queued
+    │   ├── DuplicateJobError    a job with the same id is already queued
+    │   └── BackendUnavailableError  the durable backend's Redis cannot be reached
     └── TaskError              raised by a task attempt; decides what happens next
         ├── RetryableError       try again after back-off (or after ``retry_after_s``)
         └── PermanentError       give up now; retrying cannot help
@@ -39,6 +40,10 @@ class QueueFullError(EnqueueError):
 
 class DuplicateJobError(EnqueueError):
     """A job with this id is already queued or running."""
+
+
+class BackendUnavailableError(EnqueueError):
+    """The durable backend's store (Redis) cannot be reached; nothing was written."""
 
 
 class TaskError(HeraldError):

@@ -49,3 +49,8 @@ class RetryPolicy:
 
     def should_retry(self, attempt: int) -> bool:
         return attempt < self.max_attempts
+
+    def span_s(self) -> float:
+        """The longest a job can take from its first attempt to giving up (for expiry times)."""
+        waits = sum(self.nominal_delay_s(n) for n in range(1, self.max_attempts))
+        return waits + self.max_attempts * self.timeout_s

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Protocol
 
-from core.jobs import JobRecord, utcnow
+from core.jobs import JobRecord, JobState, utcnow
 
 
 class JobStore(Protocol):
     async def save(self, record: JobRecord) -> None: ...
+
+    async def save_if(self, record: JobRecord, expected: Iterable[JobState]) -> bool:
+        """Save ``record`` only if the stored one is in one of the ``expected`` states (atomic)."""
+        ...
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 
@@ -33,10 +38,18 @@ class MemoryJobStore:
         self._ttl = timedelta(seconds=ttl_s)
 
     async def save(self, record: JobRecord) -> None:
-        self._records[record.id] = record
+        # A copy, as a remote store would keep: callers may change their object before save_if.
+        self._records[record.id] = replace(record)
         if record.state.is_terminal and record.id not in self._finished:
             self._finished[record.id] = None
             self._prune()
+
+    async def save_if(self, record: JobRecord, expected: Iterable[JobState]) -> bool:
+        current = self._records.get(record.id)
+        if current is None or current.state not in set(expected):
+            return False
+        await self.save(record)
+        return True
 
     async def get(self, job_id: str) -> JobRecord | None:
         return self._live(job_id)

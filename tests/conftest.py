@@ -11,6 +11,7 @@ import pytest
 from api.app import create_app
 from core.config import Settings
 from tests.support.receiver import Receiver, serve_in_thread
+from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpSink, smtp_server
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herald-test-secret-0123456789abcdef").decode()
@@ -72,3 +73,20 @@ def client_for(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
                 yield client
 
     return open_client
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A clean database on the suite's shared redis-server (restarted if a test stopped it)."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url

@@ -61,9 +61,10 @@ async def test_finished_records_past_their_ttl_are_evicted() -> None:
     await store.save(old)
     running = _record("running", JobState.RUNNING)
     await store.save(running)
-    assert await store.get("old") is old
+    assert await store.get("old") == old
 
     old.finished_at = utcnow() - timedelta(seconds=61)  # as if a minute had passed
+    await store.save(old)
     await store.save(_record("new", JobState.SUCCEEDED))
 
     assert await store.get("old") is None
@@ -75,6 +76,7 @@ async def test_an_expired_record_is_not_served_even_before_the_next_save() -> No
     old = _record("old", JobState.SUCCEEDED)
     await store.save(old)
     old.finished_at = utcnow() - timedelta(seconds=61)
+    await store.save(old)
 
     assert await store.get("old") is None
     assert await store.get_many(["old"]) == {}

@@ -1,0 +1,243 @@
+"""Running registered tasks on an arq worker, as its own process or inside the web process.
+
+arq re-runs a job only when it raises ``Retry``, counts a shutdown cancellation as a try, and keeps
+no per-attempt history. So each task is wrapped: the wrapper keeps Herald's job record (attempts,
+state, last error) in Redis, turns a retryable failure into ``Retry(defer=back-off)``, lets a
+permanent one end the job, never runs a job whose record is already finished or cancelled, and
+gives back the attempt of a job cancelled by shutdown before arq re-queues it. arq's own
+``max_tries`` is set out of reach: the task's RetryPolicy decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
+from typing import Any
+
+from arq.worker import Function, Retry, Worker, func
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.codec import json_dumps, json_loads
+from core.execution import Verdict, run_attempt
+from core.jobs import JobState, utcnow
+from core.redis_stores import KEY_PREFIX, RedisJobStore
+from core.registry import TaskDef, TaskRegistry
+
+logger = logging.getLogger("herald.worker")
+
+HEARTBEATS_KEY = KEY_PREFIX + "workers"
+STORE_CTX_KEY = "herald_job_store"
+ARQ_MAX_TRIES = 1_000_000  # out of reach on purpose: the RetryPolicy decides
+TIMEOUT_MARGIN_S = 5.0
+RESTART_DELAY_S = 2.0
+
+ResourcesFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, Any]]]
+
+
+async def run_job(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One arq job run = one attempt of ``task``, recorded in Herald's job record."""
+    store: RedisJobStore = ctx[STORE_CTX_KEY]
+    job_id: str = ctx["job_id"]
+    record = await store.get(job_id)
+    if record is None:
+        logger.warning("job %s has no record (expired?); not running it", job_id)
+        return None
+    if record.state.is_terminal:
+        logger.info("job %s is already %s; not running it again", job_id, record.state.value)
+        return None
+    was = record.state
+    record.attempts += 1
+    record.move_to(JobState.RUNNING)
+    if not await store.save_if(record, [was]):
+        logger.info("job %s changed state as it started (cancelled?); not running it", job_id)
+        return None
+    task_ctx = {**ctx, "job_try": record.attempts}
+    started = time.perf_counter()
+    try:
+        outcome = await run_attempt(task, task_ctx, tuple(args), kwargs)
+    except asyncio.CancelledError:
+        # Shutdown (or a lost worker's job timeout): give the attempt back; arq re-queues the job.
+        record.attempts -= 1
+        record.move_to(JobState.QUEUED)
+        await asyncio.shield(store.save(record))
+        raise
+    log_extra = {"job_id": job_id, "task": task.name, "attempt": record.attempts}
+    if outcome.verdict is Verdict.SUCCEEDED:
+        logger.info("job %s succeeded in %.3fs", job_id, time.perf_counter() - started, extra=log_extra)
+        record.move_to(JobState.SUCCEEDED)
+        await store.save(record)
+        return outcome.result
+    if outcome.verdict is Verdict.RETRY and outcome.retry_in_s is not None:
+        logger.warning(
+            "job %s attempt %d failed, retrying in %.2fs: %s",
+            job_id,
+            record.attempts,
+            outcome.retry_in_s,
+            outcome.error,
+            extra=log_extra,
+        )
+        due = utcnow() + timedelta(seconds=outcome.retry_in_s)
+        record.move_to(JobState.RETRYING, error=outcome.error, next_attempt_at=due)
+        await store.save(record)
+        raise Retry(defer=timedelta(seconds=outcome.retry_in_s))
+    logger.warning("job %s failed: %s", job_id, outcome.error, extra=log_extra)
+    record.move_to(JobState.FAILED, error=outcome.error)
+    await store.save(record)
+    return None
+
+
+def arq_function(task: TaskDef) -> Function:
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return await run_job(task, ctx, args, kwargs)
+
+    run.__qualname__ = run.__name__ = task.name
+    return func(run, name=task.name, max_tries=ARQ_MAX_TRIES, timeout=task.policy.timeout_s + TIMEOUT_MARGIN_S)
+
+
+async def live_workers(redis: Redis, *, max_age_s: float) -> int:
+    """Workers whose heartbeat is younger than ``max_age_s`` (older entries are pruned)."""
+    oldest_ms = int((time.time() - max_age_s) * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(HEARTBEATS_KEY, "-inf", oldest_ms)
+        pipe.zcard(HEARTBEATS_KEY)
+        _, count = await pipe.execute()
+    return int(count)
+
+
+async def _beat(redis: Redis, worker_id: str, interval_s: float) -> None:
+    while True:
+        try:
+            await redis.zadd(HEARTBEATS_KEY, {worker_id: int(time.time() * 1000)})
+        except RedisError as exc:
+            logger.warning("heartbeat failed: %s", type(exc).__name__)
+        await asyncio.sleep(interval_s)
+
+
+def worker_options(
+    registry: TaskRegistry,
+    resources: ResourcesFactory,
+    *,
+    redis_settings: Any,
+    max_jobs: int,
+    poll_delay_s: float,
+    completion_wait_s: float,
+    heartbeat_interval_s: float,
+    record_ttl_s: float,
+    queue_name: str | None = None,
+    extra_startup: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` running every task of ``registry``."""
+    tasks = list(registry)
+    stacks: dict[int, contextlib.AsyncExitStack] = {}
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        stack = contextlib.AsyncExitStack()
+        stacks[id(ctx)] = stack
+        ctx.update(await stack.enter_async_context(resources()))
+        ctx[STORE_CTX_KEY] = RedisJobStore(ctx["redis"], ttl_s=record_ttl_s)
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        beat = asyncio.create_task(_beat(ctx["redis"], worker_id, heartbeat_interval_s), name="herald-heartbeat")
+        stack.push_async_callback(_stop_beat, beat, ctx["redis"], worker_id)
+        if extra_startup is not None:
+            await extra_startup(ctx)
+        logger.info("worker %s ready for %s", worker_id, ", ".join(t.name for t in tasks))
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        stack = stacks.pop(id(ctx), None)
+        if stack is not None:
+            await stack.aclose()
+
+    options: dict[str, Any] = {
+        "functions": [arq_function(task) for task in tasks],
+        "redis_settings": redis_settings,
+        "job_serializer": json_dumps,
+        "job_deserializer": json_loads,
+        "max_jobs": max_jobs,
+        "poll_delay": poll_delay_s,
+        "job_timeout": max(t.policy.timeout_s for t in tasks) + TIMEOUT_MARGIN_S,
+        "keep_result": 0,
+        "max_tries": ARQ_MAX_TRIES,
+        "job_completion_wait": int(completion_wait_s),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+    }
+    if queue_name is not None:
+        options["queue_name"] = queue_name
+    return options
+
+
+async def _stop_beat(beat: asyncio.Task[None], redis: Redis, worker_id: str) -> None:
+    beat.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await beat
+    with contextlib.suppress(RedisError):
+        await redis.zrem(HEARTBEATS_KEY, worker_id)
+
+
+class EmbeddedWorker:
+    """An arq worker inside this process's event loop: no signal handlers, restarted if Redis drops it.
+
+    ``stop`` stops picking jobs, lets running ones finish within the grace, then cancels the rest
+    (each is re-queued by arq and its attempt given back by ``run_job``).
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self._options = dict(options)
+        self._worker: Worker | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self._supervisor is not None and not self._supervisor.done() and self._worker is not None
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._supervisor = asyncio.create_task(self._supervise(), name="herald-embedded-worker")
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            worker = Worker(**self._options, handle_signals=False)
+            self._worker = worker
+            try:
+                await worker.async_run()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                logger.warning("worker lost Redis (%s); restarting in %gs", type(exc).__name__, RESTART_DELAY_S)
+            with contextlib.suppress(Exception):
+                await worker.close()
+            if not self._stopping:
+                await asyncio.sleep(RESTART_DELAY_S)
+
+    async def stop(self, grace_s: float) -> None:
+        self._stopping = True
+        worker = self._worker
+        if worker is not None:
+            worker.allow_pick_jobs = False
+            running = [task for task in worker.tasks.values() if not task.done()]
+            if running:
+                await asyncio.wait(running, timeout=grace_s)
+            try:
+                await worker.close()
+            except Exception:
+                logger.exception("closing the worker failed")
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        self._worker = None
+
+
+@contextlib.asynccontextmanager
+async def no_resources() -> AsyncIterator[Mapping[str, Any]]:
+    yield {}
