@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test lint fmt clean
+.PHONY: run worker test lint fmt clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 
 run: $(VENV)/.run-deps
 	$(BIN)/python -m api
+
+# Durable mode's worker process (TASK_BACKEND=arq, REDIS_URL=...): same as `arq tasks.worker.WorkerSettings`.
+worker: $(VENV)/.run-deps
+	$(BIN)/python -m tasks.worker
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

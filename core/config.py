@@ -85,13 +85,12 @@ class Settings(BaseSettings):
     def _webhook_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        raw = value.get_secret_value()
-        if not raw.startswith(WEBHOOK_SECRET_PREFIX):
-            raise ValueError(f"must start with '{WEBHOOK_SECRET_PREFIX}' followed by base64")
+        raw = value.get_secret_value().removeprefix(WEBHOOK_SECRET_PREFIX)
+        # The prefix is optional: Render's generateValue makes a bare base64 value.
         try:
-            key = base64.b64decode(raw[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+            key = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError(f"must be '{WEBHOOK_SECRET_PREFIX}' followed by valid base64") from None
+            raise ValueError(f"must be base64, optionally prefixed with '{WEBHOOK_SECRET_PREFIX}'") from None
         if len(key) < MIN_WEBHOOK_SECRET_BYTES:
             raise ValueError(f"must decode to at least {MIN_WEBHOOK_SECRET_BYTES} bytes")
         return value

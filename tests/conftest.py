@@ -90,3 +90,16 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(params=["inline", "arq"])
+def backend_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Run a test once per backend: in-process, and arq on a real Redis with the embedded worker."""
+    if request.param == "inline":
+        return {"TASK_BACKEND": "inline"}
+    return {
+        "TASK_BACKEND": "arq",
+        "REDIS_URL": request.getfixturevalue("redis_url"),
+        "WORKER_MODE": "embedded",
+        "WORKER_POLL_DELAY_S": 0.02,
+    }

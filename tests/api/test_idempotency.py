@@ -10,8 +10,10 @@ def _body(receiver: Receiver, text: str = "hello") -> dict[str, Any]:
     return {"to": [{"channel": "webhook", "address": receiver.url("/idem")}], "subject": "s", "text": text}
 
 
-async def test_same_key_same_body_returns_same_notification_and_sends_once(client_for: Any, receiver: Receiver) -> None:
-    async with client_for() as client:
+async def test_same_key_same_body_returns_same_notification_and_sends_once(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    async with client_for(**backend_settings) as client:
         first = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "order-1"})
         await eventually(lambda: len(receiver.received("/idem")) == 1, what="first delivery")
         second = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "order-1"})
@@ -27,8 +29,10 @@ async def test_same_key_same_body_returns_same_notification_and_sends_once(clien
     assert ids == [first.json()["deliveries"][0]["id"], other.json()["deliveries"][0]["id"]]
 
 
-async def test_same_key_different_body_is_409(client_for: Any, receiver: Receiver) -> None:
-    async with client_for() as client:
+async def test_same_key_different_body_is_409(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    async with client_for(**backend_settings) as client:
         first = await client.post("/notify", json=_body(receiver, "a"), headers={"Idempotency-Key": "k"})
         second = await client.post("/notify", json=_body(receiver, "b"), headers={"Idempotency-Key": "k"})
     assert first.status_code == 202
@@ -36,8 +40,8 @@ async def test_same_key_different_body_is_409(client_for: Any, receiver: Receive
     assert "different request body" in second.json()["detail"]
 
 
-async def test_key_expires_after_its_ttl(client_for: Any, receiver: Receiver) -> None:
-    async with client_for(IDEMPOTENCY_TTL_S=0.2) as client:
+async def test_key_expires_after_its_ttl(client_for: Any, backend_settings: dict[str, Any], receiver: Receiver) -> None:
+    async with client_for(**backend_settings, IDEMPOTENCY_TTL_S=0.2) as client:
         first = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "short"})
 
         async def fresh_after_ttl() -> bool:

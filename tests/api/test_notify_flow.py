@@ -17,9 +17,9 @@ async def _status(client: httpx.AsyncClient, notification_id: str) -> dict[str, 
 
 
 async def test_notify_sends_email_and_webhook_then_reports_delivered(
-    client_for: Any, smtp: SmtpSink, receiver: Receiver
+    client_for: Any, backend_settings: dict[str, Any], smtp: SmtpSink, receiver: Receiver
 ) -> None:
-    async with client_for(SMTP_HOST="127.0.0.1", SMTP_PORT=smtp.port, SMTP_TLS="none") as client:
+    async with client_for(**backend_settings, SMTP_HOST="127.0.0.1", SMTP_PORT=smtp.port, SMTP_TLS="none") as client:
         response = await client.post(
             "/notify",
             json={
@@ -53,15 +53,17 @@ async def test_notify_sends_email_and_webhook_then_reports_delivered(
     assert hook.headers["webhook-id"] == accepted["deliveries"][1]["id"]
 
 
-async def test_unknown_notification_is_404(client_for: Any) -> None:
-    async with client_for() as client:
+async def test_unknown_notification_is_404(client_for: Any, backend_settings: dict[str, Any]) -> None:
+    async with client_for(**backend_settings) as client:
         response = await client.get("/notifications/ntf_nope")
     assert response.status_code == 404
     assert "ntf_nope" in response.json()["detail"]
 
 
-async def test_literal_content_is_sent_as_given_never_rendered(client_for: Any, receiver: Receiver) -> None:
-    async with client_for() as client:
+async def test_literal_content_is_sent_as_given_never_rendered(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    async with client_for(**backend_settings) as client:
         response = await client.post(
             "/notify",
             json={
@@ -77,11 +79,13 @@ async def test_literal_content_is_sent_as_given_never_rendered(client_for: Any, 
     assert "{{ config }} stays literal" in body
 
 
-async def test_failed_delivery_shows_attempts_and_last_error(client_for: Any, receiver: Receiver) -> None:
+async def test_failed_delivery_shows_attempts_and_last_error(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
     from tests.support.receiver import Reply
 
     receiver.script("/gone", Reply(status=410, body=b"endpoint removed"))
-    async with client_for() as client:
+    async with client_for(**backend_settings) as client:
         accepted = (
             await client.post(
                 "/notify",

@@ -1,4 +1,4 @@
-"""send_at and DELETE /notifications/{id}, in-process mode."""
+"""send_at and DELETE /notifications/{id}, the same in both backends."""
 
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ async def _get(client: httpx.AsyncClient, notification_id: str) -> dict[str, Any
     return body
 
 
-async def test_send_at_waits_then_delivers(client_for: Any, receiver: Receiver) -> None:
-    async with client_for() as client:
+async def test_send_at_waits_then_delivers(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    async with client_for(**backend_settings) as client:
         send_at = datetime.now(UTC) + timedelta(seconds=0.6)
         accepted = (await client.post("/notify", json=_body(receiver, send_at.isoformat()))).json()
         assert accepted["status"] == "scheduled"
@@ -50,17 +52,19 @@ async def test_send_at_waits_then_delivers(client_for: Any, receiver: Receiver) 
     assert datetime.fromisoformat(delivery["finished_at"]) >= send_at, "not sent before send_at"
 
 
-async def test_send_at_in_the_past_sends_now(client_for: Any, receiver: Receiver) -> None:
-    async with client_for() as client:
+async def test_send_at_in_the_past_sends_now(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    async with client_for(**backend_settings) as client:
         response = await client.post("/notify", json=_body(receiver, _in(-3600)))
         assert response.status_code == 202
         assert response.json()["deliveries"][0]["status"] == "queued"
         await eventually(lambda: len(receiver.received("/later")) == 1, what="the delivery")
 
 
-async def test_send_at_needs_a_timezone(client_for: Any, receiver: Receiver) -> None:
+async def test_send_at_needs_a_timezone(client_for: Any, backend_settings: dict[str, Any], receiver: Receiver) -> None:
     naive = (datetime.now(UTC) + timedelta(minutes=5)).replace(tzinfo=None).isoformat()
-    async with client_for() as client:
+    async with client_for(**backend_settings) as client:
         response = await client.post("/notify", json=_body(receiver, naive))
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "send_at"]
@@ -76,8 +80,10 @@ async def test_send_at_beyond_the_inline_limit_is_refused_with_the_way_out(clien
     assert "TASK_BACKEND=arq" in error["msg"]
 
 
-async def test_delete_cancels_scheduled_deliveries_and_nothing_is_sent(client_for: Any, receiver: Receiver) -> None:
-    async with client_for() as client:
+async def test_delete_cancels_scheduled_deliveries_and_nothing_is_sent(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    async with client_for(**backend_settings) as client:
         accepted = (await client.post("/notify", json=_body(receiver, _in(0.5), "/cancelled"))).json()
         cancelled = await client.delete(f"/notifications/{accepted['id']}")
         assert cancelled.status_code == 200
@@ -93,8 +99,10 @@ async def test_delete_cancels_scheduled_deliveries_and_nothing_is_sent(client_fo
     assert receiver.received("/cancelled") == []
 
 
-async def test_delete_leaves_delivered_ones_alone(client_for: Any, receiver: Receiver) -> None:
-    async with client_for() as client:
+async def test_delete_leaves_delivered_ones_alone(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    async with client_for(**backend_settings) as client:
         accepted = (await client.post("/notify", json=_body(receiver, None, "/done"))).json()
 
         async def delivered() -> bool:
@@ -106,7 +114,7 @@ async def test_delete_leaves_delivered_ones_alone(client_for: Any, receiver: Rec
     assert response.json()["deliveries"][0]["status"] == "delivered"
 
 
-async def test_delete_unknown_is_404(client_for: Any) -> None:
-    async with client_for() as client:
+async def test_delete_unknown_is_404(client_for: Any, backend_settings: dict[str, Any]) -> None:
+    async with client_for(**backend_settings) as client:
         response = await client.delete("/notifications/ntf_missing")
     assert response.status_code == 404
