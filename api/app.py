@@ -16,9 +16,11 @@ from core.arq_backend import ArqBackend
 from core.arq_worker import EmbeddedWorker
 from core.backend import TaskBackend
 from core.config import Settings, get_settings
+from core.cron import CronScheduler
 from core.documents import MemoryDocumentStore
 from core.inline import InlineBackend
 from core.store import MemoryJobStore
+from tasks.cron import CronContext, inline_cron
 from tasks.notifications import NotificationService
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
@@ -30,21 +32,29 @@ REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_COMMAND_TIMEOUT_S = 5.0
 
 
+# What the lifespan runs: the backend, and the cron scheduler when this process owns one (in-process
+# mode; in arq mode each worker runs its own, the embedded one included).
+Opened = tuple[TaskBackend, CronScheduler[CronContext] | None]
+
+
 @asynccontextmanager
-async def inline_backend(settings: Settings) -> AsyncIterator[TaskBackend]:
+async def inline_backend(settings: Settings) -> AsyncIterator[Opened]:
+    store = MemoryJobStore(max_finished=settings.RECORD_MAX_COUNT, ttl_s=settings.RECORD_TTL_S)
+    documents = MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S)
     async with delivery_resources(settings) as resources:
-        yield InlineBackend(
+        backend = InlineBackend(
             build_registry(settings),
-            MemoryJobStore(max_finished=settings.RECORD_MAX_COUNT, ttl_s=settings.RECORD_TTL_S),
+            store,
             resources,
             concurrency=settings.TASK_CONCURRENCY,
             max_unfinished=settings.TASK_QUEUE_MAX,
-            documents=MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S),
+            documents=documents,
         )
+        yield backend, inline_cron(store, documents) if settings.CRON_ENABLED else None
 
 
 @asynccontextmanager
-async def arq_backend(settings: Settings) -> AsyncIterator[TaskBackend]:
+async def arq_backend(settings: Settings) -> AsyncIterator[Opened]:
     assert settings.REDIS_URL is not None  # guaranteed by Settings' validation
     redis = Redis.from_url(
         settings.REDIS_URL.get_secret_value(),
@@ -53,13 +63,14 @@ async def arq_backend(settings: Settings) -> AsyncIterator[TaskBackend]:
     )
     embedded = EmbeddedWorker(build_worker_options(settings)) if settings.WORKER_MODE == "embedded" else None
     try:
-        yield ArqBackend(
+        backend = ArqBackend(
             build_registry(settings),
             redis,
             record_ttl_s=settings.RECORD_TTL_S,
             heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
             worker=embedded,
         )
+        yield backend, None
     finally:
         await redis.aclose()
 
@@ -70,19 +81,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.API_KEY is None:
         logger.warning("API_KEY is not set: every endpoint is open to anyone who can reach this server")
     open_backend = arq_backend if settings.TASK_BACKEND == "arq" else inline_backend
-    async with open_backend(settings) as backend:
+    async with open_backend(settings) as (backend, cron):
         app.state.backend = backend
+        app.state.cron = cron
         app.state.notifications = NotificationService(backend, idempotency_ttl_s=settings.IDEMPOTENCY_TTL_S)
         await backend.start()
-        logger.info(
-            "herald ready: backend=%s worker=%s email=%s",
-            settings.TASK_BACKEND,
-            settings.WORKER_MODE if settings.TASK_BACKEND == "arq" else f"in-process x{settings.TASK_CONCURRENCY}",
-            f"smtp {settings.SMTP_HOST}:{settings.SMTP_PORT}" if settings.SMTP_HOST else "console",
-        )
         try:
+            if cron is not None:  # after the backend starts, stopped before it stops
+                await cron.start()
+            logger.info(
+                "herald ready: backend=%s worker=%s email=%s",
+                settings.TASK_BACKEND,
+                settings.WORKER_MODE if settings.TASK_BACKEND == "arq" else f"in-process x{settings.TASK_CONCURRENCY}",
+                f"smtp {settings.SMTP_HOST}:{settings.SMTP_PORT}" if settings.SMTP_HOST else "console",
+            )
             yield
         finally:
+            if cron is not None:
+                await cron.stop()
             logger.info("shutting down: draining jobs for up to %gs", settings.SHUTDOWN_GRACE_S)
             unfinished = await backend.stop(settings.SHUTDOWN_GRACE_S)
             logger.info("drain complete: %d jobs left unfinished", len(unfinished))

@@ -22,7 +22,7 @@ from core.arq_worker import EmbeddedWorker, live_workers
 from core.backend import AfterResponse, Enqueued
 from core.codec import json_dumps
 from core.documents import Claim, Document
-from core.errors import DuplicateJobError, QueueClosedError
+from core.errors import BackendUnavailableError, DuplicateJobError, QueueClosedError
 from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState
 from core.redis_stores import DOC_PREFIX, JOB_PREFIX, RedisDocumentStore, RedisJobStore, unavailable
 from core.registry import TaskRegistry
@@ -42,6 +42,9 @@ end
 for j = 1, n_jobs do
   if redis.call('EXISTS', KEYS[1 + n_docs + n_jobs + j]) == 1 then return {'duplicate', ARGV[7 + n_docs + j * 5]} end
 end
+-- A script error does not undo the writes before it, and ZADD is the only write here that can fail.
+local queue_type = redis.call('TYPE', KEYS[#KEYS])['ok']
+if queue_type ~= 'zset' and queue_type ~= 'none' then return {'not_a_queue', queue_type} end
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 for d = 1, n_docs do redis.call('SET', KEYS[1 + d], ARGV[7 + d], 'PX', ARGV[5]) end
 for j = 1, n_jobs do
@@ -147,6 +150,10 @@ class ArqBackend:
             return Enqueued(existing_claim=existing)
         if verdict == "duplicate":
             raise DuplicateJobError(f"a job is already queued under id {result[1].decode()!r}")
+        if verdict == "not_a_queue":
+            raise BackendUnavailableError(
+                f"Redis key {self._queue_name!r} holds a {result[1].decode()}, not arq's queue (a sorted set)"
+            )
         return Enqueued(records=records)
 
     async def cancel(self, job_ids: Sequence[str]) -> list[str]:

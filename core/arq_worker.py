@@ -35,16 +35,39 @@ from core.registry import TaskDef, TaskRegistry
 logger = logging.getLogger("herald.worker")
 
 HEARTBEATS_KEY = KEY_PREFIX + "workers"
+RUNNING_KEY = KEY_PREFIX + "running"  # job id -> ms after which a still-running job counts as stuck
 STORE_CTX_KEY = "herald_job_store"
 ARQ_MAX_TRIES = 1_000_000  # out of reach on purpose: the RetryPolicy decides
 TIMEOUT_MARGIN_S = 5.0
 RESTART_DELAY_S = 2.0
+RUNNING_MARGIN_S = 10.0  # past the job timeout, time to record the outcome before a job counts as stuck
 
 ResourcesFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, Any]]]
 
 
 async def run_job(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """One arq job run = one attempt of ``task``, recorded in Herald's job record."""
+    """One arq job run = one attempt of ``task``, recorded in Herald's job record.
+
+    While it runs, the job sits in ``herald:running`` scored with the time after which it counts
+    as stuck (``core.arq_recovery`` looks there for jobs a lost worker left ``running``).
+    """
+    redis: Redis = ctx["redis"]
+    job_id: str = ctx["job_id"]
+    deadline_ms = int((time.time() + task.policy.timeout_s + TIMEOUT_MARGIN_S + RUNNING_MARGIN_S) * 1000)
+    try:  # tracked before the record says running, so no crash leaves it running untracked
+        await redis.zadd(RUNNING_KEY, {job_id: deadline_ms})
+    except RedisError as exc:
+        logger.warning("job %s: could not track it as running (%s)", job_id, type(exc).__name__)
+    try:
+        return await _attempt(task, ctx, args, kwargs)
+    finally:
+        try:
+            await asyncio.shield(redis.zrem(RUNNING_KEY, job_id))
+        except RedisError as exc:  # never replace the job's outcome; recovery drops stale entries
+            logger.warning("job %s: could not untrack it (%s)", job_id, type(exc).__name__)
+
+
+async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     store: RedisJobStore = ctx[STORE_CTX_KEY]
     job_id: str = ctx["job_id"]
     record = await store.get(job_id)
@@ -134,6 +157,7 @@ def worker_options(
     record_ttl_s: float,
     queue_name: str | None = None,
     extra_startup: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    extra_shutdown: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` running every task of ``registry``."""
     tasks = list(registry)
@@ -153,8 +177,12 @@ def worker_options(
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         stack = stacks.pop(id(ctx), None)
-        if stack is not None:
-            await stack.aclose()
+        try:
+            if extra_shutdown is not None:
+                await extra_shutdown(ctx)
+        finally:
+            if stack is not None:
+                await stack.aclose()
 
     options: dict[str, Any] = {
         "functions": [arq_function(task) for task in tasks],
@@ -166,7 +194,8 @@ def worker_options(
         "job_timeout": max(t.policy.timeout_s for t in tasks) + TIMEOUT_MARGIN_S,
         "keep_result": 0,
         "max_tries": ARQ_MAX_TRIES,
-        "job_completion_wait": int(completion_wait_s),
+        # arq annotates it int but only awaits it: int() would turn a 0.9 s grace into none at all.
+        "job_completion_wait": completion_wait_s,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
     }
@@ -181,6 +210,20 @@ async def _stop_beat(beat: asyncio.Task[None], redis: Redis, worker_id: str) -> 
         await beat
     with contextlib.suppress(RedisError):
         await redis.zrem(HEARTBEATS_KEY, worker_id)
+
+
+async def _discard(worker: Worker) -> None:
+    """Close ``worker``; arq's close() talks to Redis first, so with Redis gone finish it here."""
+    try:
+        await worker.close()
+        return
+    except Exception as exc:
+        logger.info("worker close stopped early (%s); closing what is left", type(exc).__name__)
+    if worker.on_shutdown is not None:
+        with contextlib.suppress(Exception):
+            await worker.on_shutdown(worker.ctx)
+    with contextlib.suppress(Exception):
+        await worker.pool.aclose(close_connection_pool=True)
 
 
 class EmbeddedWorker:
@@ -214,8 +257,7 @@ class EmbeddedWorker:
                 raise
             except (RedisError, OSError) as exc:
                 logger.warning("worker lost Redis (%s); restarting in %gs", type(exc).__name__, RESTART_DELAY_S)
-            with contextlib.suppress(Exception):
-                await worker.close()
+            await _discard(worker)
             if not self._stopping:
                 await asyncio.sleep(RESTART_DELAY_S)
 
@@ -227,14 +269,13 @@ class EmbeddedWorker:
             running = [task for task in worker.tasks.values() if not task.done()]
             if running:
                 await asyncio.wait(running, timeout=grace_s)
-            try:
-                await worker.close()
-            except Exception:
-                logger.exception("closing the worker failed")
         if self._supervisor is not None:
+            # End arq's poll loop before closing its pool, so no command is cut off mid-pipeline.
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._supervisor
+        if worker is not None:
+            await _discard(worker)
         self._worker = None
 
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     WORKER_MAX_JOBS: int = Field(default=50, ge=1, le=10_000)
     WORKER_POLL_DELAY_S: PositiveSeconds = 0.1
     HEARTBEAT_INTERVAL_S: PositiveSeconds = 10.0
+    CRON_ENABLED: bool = True
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -65,6 +65,21 @@ class MemoryDocumentStore:
         for key in keys:
             self._items.pop(key, None)
 
+    def purge(self) -> int:
+        """Evict every expired document now (reads already skip them); how many went.
+
+        ``put`` only evicts from the oldest end, so an expired short-lived claim can sit behind a
+        longer-lived document until this runs.
+        """
+        now = utcnow().timestamp()
+        expired = [key for key, (_, expires_at) in self._items.items() if expires_at <= now]
+        for key in expired:
+            del self._items[key]
+        return len(expired)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
     def _live(self, key: str) -> dict[str, Any] | None:
         item = self._items.get(key)
         if item is None or item[1] <= utcnow().timestamp():

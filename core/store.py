@@ -62,6 +62,21 @@ class MemoryJobStore:
             self._records.pop(job_id, None)
             self._finished.pop(job_id, None)
 
+    def purge(self) -> int:
+        """Evict every finished record older than ``ttl_s`` now (reads already skip them); how many went."""
+        oldest_kept = utcnow() - self._ttl
+        expired = [
+            job_id
+            for job_id in self._finished
+            if (record := self._records.get(job_id)) is None
+            or (record.finished_at is not None and record.finished_at < oldest_kept)
+        ]
+        removed = 0
+        for job_id in expired:
+            del self._finished[job_id]
+            removed += self._records.pop(job_id, None) is not None
+        return removed
+
     def __len__(self) -> int:
         return len(self._records)
 

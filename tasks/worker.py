@@ -6,6 +6,8 @@ Run it as its own process with either of::
     python -m tasks.worker              # same worker; also rides out a Redis outage instead of exiting
 
 ``WorkerSettings`` reads the environment only when arq asks for its contents, not at import time.
+Every worker also runs Herald's cron scheduler (tasks/cron.py) unless ``CRON_ENABLED=false``; a Redis
+lease lets one of them run each tick.
 """
 
 from __future__ import annotations
@@ -15,23 +17,31 @@ import functools
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import RedisSettings
 
 from core.arq_worker import EmbeddedWorker, worker_options
 from core.config import Settings, get_settings
+from core.cron import CronScheduler
 from core.errors import ConfigError
 from core.logging import configure_logging
+from tasks.cron import CronContext, arq_cron
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
 
 logger = logging.getLogger("herald.worker")
 
+WorkerHook = Callable[[dict[str, Any]], Awaitable[None]]
+CRON_CTX_KEY = "herald_cron"
+HEARTBEAT_MAX_AGE_INTERVALS = 3  # as /readyz counts live workers
+
 
 def build_worker_options(settings: Settings) -> dict[str, Any]:
     if settings.REDIS_URL is None:
         raise ConfigError("invalid configuration: REDIS_URL: the worker needs Redis")
+    start_cron, stop_cron = _cron_hooks(settings) if settings.CRON_ENABLED else (None, None)
     return worker_options(
         build_registry(settings),
         functools.partial(delivery_resources, settings),
@@ -41,7 +51,27 @@ def build_worker_options(settings: Settings) -> dict[str, Any]:
         completion_wait_s=settings.SHUTDOWN_GRACE_S,
         heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
         record_ttl_s=settings.RECORD_TTL_S,
+        extra_startup=start_cron,
+        extra_shutdown=stop_cron,
     )
+
+
+def _cron_hooks(settings: Settings) -> tuple[WorkerHook, WorkerHook]:
+    """Start this worker's cron scheduler with the worker, stop it before the worker's resources close."""
+
+    async def start(ctx: dict[str, Any]) -> None:
+        scheduler = arq_cron(
+            ctx["redis"], heartbeat_max_age_s=HEARTBEAT_MAX_AGE_INTERVALS * settings.HEARTBEAT_INTERVAL_S
+        )
+        ctx[CRON_CTX_KEY] = scheduler
+        await scheduler.start()
+
+    async def stop(ctx: dict[str, Any]) -> None:
+        scheduler: CronScheduler[CronContext] | None = ctx.pop(CRON_CTX_KEY, None)
+        if scheduler is not None:
+            await scheduler.stop()
+
+    return start, stop
 
 
 class _FromEnvironment(dict[str, Any]):
