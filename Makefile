@@ -20,11 +20,11 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps
-	$(BIN)/python -m api
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/python -m api
 
 # Durable mode's worker process (TASK_BACKEND=arq, REDIS_URL=...): same as `arq tasks.worker.WorkerSettings`.
 worker: $(VENV)/.run-deps
-	$(BIN)/python -m tasks.worker
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/python -m tasks.worker
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

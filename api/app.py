@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.routers import health, notifications
+from api.routers import dashboard, deliveries, health, metrics, notifications
 from core.arq_backend import ArqBackend
 from core.arq_worker import EmbeddedWorker
 from core.backend import TaskBackend
@@ -118,4 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(notifications.router)
+    app.include_router(deliveries.router)
+    app.include_router(metrics.router)
+    app.include_router(dashboard.router)
     return app

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from core.codec import json_dumps, json_loads
 from core.execution import Verdict, run_attempt
 from core.jobs import JobState, utcnow
+from core.observe import OBSERVERS_CTX_KEY, Observer
 from core.redis_stores import KEY_PREFIX, RedisJobStore
 from core.registry import TaskDef, TaskRegistry
 
@@ -158,6 +159,7 @@ def worker_options(
     queue_name: str | None = None,
     extra_startup: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     extra_shutdown: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    observers: Sequence[Observer] = (),
 ) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` running every task of ``registry``."""
     tasks = list(registry)
@@ -168,6 +170,7 @@ def worker_options(
         stacks[id(ctx)] = stack
         ctx.update(await stack.enter_async_context(resources()))
         ctx[STORE_CTX_KEY] = RedisJobStore(ctx["redis"], ttl_s=record_ttl_s)
+        ctx[OBSERVERS_CTX_KEY] = tuple(observers)
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         beat = asyncio.create_task(_beat(ctx["redis"], worker_id, heartbeat_interval_s), name="herald-heartbeat")
         stack.push_async_callback(_stop_beat, beat, ctx["redis"], worker_id)

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["json", "console"] = "json"
+    METRICS_PUBLIC: bool = False
+    WORKER_METRICS_PORT: int = Field(default=9191, ge=0, le=65535)
 
     API_KEY: SecretStr | None = None
 

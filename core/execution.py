@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from core.errors import PermanentError, RetryableError, TaskError
+from core.observe import AttemptReport, Phase, report
 from core.registry import TaskDef
 
 logger = logging.getLogger("herald.jobs")
@@ -33,6 +35,13 @@ class Outcome:
     retry_in_s: float | None = None
 
 
+_PHASE_OF_VERDICT: dict[Verdict, Phase] = {
+    Verdict.SUCCEEDED: "succeeded",
+    Verdict.RETRY: "retry",
+    Verdict.FAILED: "failed",
+}
+
+
 async def run_attempt(
     task: TaskDef,
     ctx: Mapping[str, Any],
@@ -46,6 +55,27 @@ async def run_attempt(
     Cancellation propagates: the caller decides what a cancelled attempt means.
     """
     attempt: int = ctx["job_try"]
+    job_id: str = ctx["job_id"]
+    report(ctx, AttemptReport(job_id, task.name, attempt, "started"))
+    started = time.perf_counter()
+    try:
+        outcome = await _attempt(task, ctx, args, kwargs, attempt, rng)
+    except asyncio.CancelledError:
+        report(ctx, AttemptReport(job_id, task.name, attempt, "cancelled", time.perf_counter() - started))
+        raise
+    phase = _PHASE_OF_VERDICT[outcome.verdict]
+    report(ctx, AttemptReport(job_id, task.name, attempt, phase, time.perf_counter() - started, outcome.error))
+    return outcome
+
+
+async def _attempt(
+    task: TaskDef,
+    ctx: Mapping[str, Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    attempt: int,
+    rng: random.Random | None,
+) -> Outcome:
     policy = task.policy
     deadline = asyncio.timeout(policy.timeout_s)
     try:

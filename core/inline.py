@@ -24,6 +24,7 @@ from core.documents import Claim, Document, MemoryDocumentStore
 from core.errors import DuplicateJobError, QueueClosedError, QueueFullError
 from core.execution import Verdict, run_attempt
 from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState, utcnow
+from core.observe import OBSERVERS_CTX_KEY, Observer
 from core.registry import TaskDef, TaskRegistry
 from core.store import JobStore
 
@@ -53,11 +54,12 @@ class InlineBackend:
         concurrency: int,
         max_unfinished: int,
         documents: MemoryDocumentStore | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.store = store
         self.documents = documents or MemoryDocumentStore(max_documents=10_000, ttl_s=86_400)
         self._registry = registry
-        self._resources = dict(resources)
+        self._resources = {**resources, OBSERVERS_CTX_KEY: tuple(observers)}
         self._concurrency = concurrency
         self._max_unfinished = max_unfinished
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
