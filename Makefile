@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine (Python 3.11 + pip):
 #   make run   - install into .venv and serve on http://$(HOST):$(PORT) (in-process mode, email to console)
-#   make test  - install dev tools into .venv, run ruff, mypy and the whole test suite
+#   make test  - install dev tools into .venv (and chromium, as root with apt-get), run ruff, mypy and all tests
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run worker test lint fmt clean
+.PHONY: run worker test lint browser fmt clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,17 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The dashboard's browser test drives Debian's chromium through Playwright (never `playwright install`).
+# Installed here when missing and we can (root + apt-get); otherwise that test fails saying what is missing.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser test (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "could not install chromium: the browser test will fail" >&2; \
+	fi
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 fmt: $(VENV)/.dev-deps

@@ -22,13 +22,14 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"herald: {exc}\n")
         raise SystemExit(2) from None
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     uvicorn.run(
         create_app(settings),
         host=settings.HOST,
         port=settings.PORT,
         timeout_graceful_shutdown=HTTP_DRAIN_S,
         log_level=settings.LOG_LEVEL.lower(),
+        log_config=None,  # keep configure_logging's handler: no uvicorn formatter, JSON lines throughout
         proxy_headers=True,
     )
 

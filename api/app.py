@@ -11,7 +11,9 @@ from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
+from api.request_id import RequestId
 from api.routers import dashboard, deliveries, health, metrics, notifications
+from api.routers.metrics import WebMetrics
 from core.arq_backend import ArqBackend
 from core.arq_worker import EmbeddedWorker
 from core.backend import TaskBackend
@@ -19,6 +21,7 @@ from core.config import Settings, get_settings
 from core.cron import CronScheduler
 from core.documents import MemoryDocumentStore
 from core.inline import InlineBackend
+from core.metrics import arq_queue_probe, inline_queue_probe
 from core.store import MemoryJobStore
 from tasks.cron import CronContext, inline_cron
 from tasks.notifications import NotificationService
@@ -38,7 +41,7 @@ Opened = tuple[TaskBackend, CronScheduler[CronContext] | None]
 
 
 @asynccontextmanager
-async def inline_backend(settings: Settings) -> AsyncIterator[Opened]:
+async def inline_backend(settings: Settings, web_metrics: WebMetrics) -> AsyncIterator[Opened]:
     store = MemoryJobStore(max_finished=settings.RECORD_MAX_COUNT, ttl_s=settings.RECORD_TTL_S)
     documents = MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S)
     async with delivery_resources(settings) as resources:
@@ -49,19 +52,26 @@ async def inline_backend(settings: Settings) -> AsyncIterator[Opened]:
             concurrency=settings.TASK_CONCURRENCY,
             max_unfinished=settings.TASK_QUEUE_MAX,
             documents=documents,
+            observers=[web_metrics.jobs],
         )
+        web_metrics.queue.watch(inline_queue_probe(backend))
         yield backend, inline_cron(store, documents) if settings.CRON_ENABLED else None
 
 
 @asynccontextmanager
-async def arq_backend(settings: Settings) -> AsyncIterator[Opened]:
+async def arq_backend(settings: Settings, web_metrics: WebMetrics) -> AsyncIterator[Opened]:
     assert settings.REDIS_URL is not None  # guaranteed by Settings' validation
     redis = Redis.from_url(
         settings.REDIS_URL.get_secret_value(),
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_COMMAND_TIMEOUT_S,
     )
-    embedded = EmbeddedWorker(build_worker_options(settings)) if settings.WORKER_MODE == "embedded" else None
+    embedded = (
+        EmbeddedWorker(build_worker_options(settings, observers=[web_metrics.jobs]))
+        if settings.WORKER_MODE == "embedded"
+        else None
+    )
+    web_metrics.queue.watch(arq_queue_probe(redis))
     try:
         backend = ArqBackend(
             build_registry(settings),
@@ -81,7 +91,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.API_KEY is None:
         logger.warning("API_KEY is not set: every endpoint is open to anyone who can reach this server")
     open_backend = arq_backend if settings.TASK_BACKEND == "arq" else inline_backend
-    async with open_backend(settings) as (backend, cron):
+    app.state.metrics = WebMetrics()
+    async with open_backend(settings, app.state.metrics) as (backend, cron):
         app.state.backend = backend
         app.state.cron = cron
         app.state.notifications = NotificationService(backend, idempotency_ttl_s=settings.IDEMPOTENCY_TTL_S)
@@ -115,10 +126,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(RequestId)  # outermost of ours: a 413 carries X-Request-ID too
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(notifications.router)
     app.include_router(deliveries.router)
-    app.include_router(metrics.router)
+    app.include_router(metrics.router, dependencies=metrics.access(settings))
     app.include_router(dashboard.router)
+    app.mount("/static/dashboard", dashboard.static_files(), name="dashboard-static")
     return app

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.errors import BackendUnavailableError, QueueClosedError, QueueFullError
+from core.rerun import NotRetryableError
 from tasks.notifications import IdempotencyConflictError
 from tasks.rendering import TemplateProblem
 
@@ -65,7 +66,12 @@ async def _backend_unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _not_retryable(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(NotRetryableError, _not_retryable)
     app.add_exception_handler(BackendUnavailableError, _backend_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(TemplateProblem, _template_problem)

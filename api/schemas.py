@@ -10,7 +10,7 @@ import httpx
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tasks.notifications import DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
+from tasks.notifications import DeliveryItem, DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
 
 MAX_ADDRESS_LENGTH = 2048
 MAX_SUBJECT_LENGTH = 255
@@ -150,6 +150,19 @@ class DeliveryOut(BaseModel):
             next_attempt_at=view.next_attempt_at,
             finished_at=view.finished_at,
         )
+
+
+class DeliveryItemOut(DeliveryOut):
+    notification_id: str
+
+    @classmethod
+    def of_item(cls, item: DeliveryItem) -> DeliveryItemOut:
+        return cls(notification_id=item.notification_id, **DeliveryOut.of(item.delivery).model_dump())
+
+
+class DeliveryPageOut(BaseModel):
+    items: list[DeliveryItemOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")
 
 
 class NotificationOut(BaseModel):

@@ -24,7 +24,15 @@ from core.codec import json_dumps
 from core.documents import Claim, Document
 from core.errors import BackendUnavailableError, DuplicateJobError, QueueClosedError
 from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState
-from core.redis_stores import DOC_PREFIX, JOB_PREFIX, RedisDocumentStore, RedisJobStore, unavailable
+from core.redis_stores import (
+    DOC_PREFIX,
+    INDEX_LUA,
+    JOB_PREFIX,
+    RedisDocumentStore,
+    RedisJobStore,
+    score_of,
+    unavailable,
+)
 from core.registry import TaskRegistry
 
 # Past the last possible attempt, a job key lives this much longer (arq's own default margin).
@@ -32,15 +40,20 @@ EXPIRY_MARGIN_MS = 86_400_000
 
 # KEYS: claim key, document keys, record keys, arq job keys, queue key.
 # ARGV: has_claim, claim value, claim TTL ms, #documents, document TTL ms, #jobs, record TTL ms,
-#       document values, then per job: record JSON, arq job, arq job TTL ms, score, job id.
-_ENQUEUE = """
+#       document values, then per job: record JSON, arq job, arq job TTL ms, score, job id, state,
+#       index score (creation ms).
+_ENQUEUE = (
+    INDEX_LUA
+    + """
 local n_docs, n_jobs = tonumber(ARGV[4]), tonumber(ARGV[6])
 if ARGV[1] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return {'claimed', existing} end
 end
 for j = 1, n_jobs do
-  if redis.call('EXISTS', KEYS[1 + n_docs + n_jobs + j]) == 1 then return {'duplicate', ARGV[7 + n_docs + j * 5]} end
+  if redis.call('EXISTS', KEYS[1 + n_docs + n_jobs + j]) == 1 then
+    return {'duplicate', ARGV[7 + n_docs + (j - 1) * 7 + 5]}
+  end
 end
 -- A script error does not undo the writes before it, and ZADD is the only write here that can fail.
 local queue_type = redis.call('TYPE', KEYS[#KEYS])['ok']
@@ -48,13 +61,15 @@ if queue_type ~= 'zset' and queue_type ~= 'none' then return {'not_a_queue', que
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 for d = 1, n_docs do redis.call('SET', KEYS[1 + d], ARGV[7 + d], 'PX', ARGV[5]) end
 for j = 1, n_jobs do
-  local a = 7 + n_docs + (j - 1) * 5
+  local a = 7 + n_docs + (j - 1) * 7
   redis.call('SET', KEYS[1 + n_docs + j], ARGV[a + 1], 'PX', ARGV[7])
+  herald_index(ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
   redis.call('SET', KEYS[1 + n_docs + n_jobs + j], ARGV[a + 2], 'PX', ARGV[a + 3])
   redis.call('ZADD', KEYS[#KEYS], ARGV[a + 4], ARGV[a + 5])
 end
 return {'ok'}
 """
+)
 
 
 class ArqBackend:
@@ -108,6 +123,7 @@ class ArqBackend:
     ) -> Enqueued:
         if not self._accepting:
             raise QueueClosedError("the server is shutting down and accepts no new jobs")
+        documents = [*documents, *(spec.as_document() for spec in specs)]
         now_ms = int(time.time() * 1000)
         records: list[JobRecord] = []
         job_args: list[Any] = []
@@ -121,7 +137,15 @@ class ArqBackend:
             records.append(record)
             arq_job = serialize_job(task.name, spec.args, spec.kwargs, None, now_ms, serializer=json_dumps)
             expires_ms = score - now_ms + int(task.policy.span_s() * 1000) + EXPIRY_MARGIN_MS
-            job_args += [json.dumps(record.to_json()), arq_job, expires_ms, score, spec.job_id]
+            job_args += [
+                json.dumps(record.to_json()),
+                arq_job,
+                expires_ms,
+                score,
+                spec.job_id,
+                record.state.value,
+                score_of(record),
+            ]
         keys = [
             DOC_PREFIX + claim.key if claim else DOC_PREFIX + "-",
             *(DOC_PREFIX + d.key for d in documents),

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from core.arq_worker import HEARTBEATS_KEY, RUNNING_KEY
 from core.jobs import JobRecord, JobState
-from core.redis_stores import JOB_PREFIX
+from core.redis_stores import INDEX_LUA, JOB_PREFIX
 
 BATCH = 500  # stuck jobs handled per call; the rest wait for the next one
 REQUEUED_NOTE = "its worker stopped during an attempt; re-queued"
@@ -36,7 +36,9 @@ LOST_REASON = (
 # KEYS: record, arq in-progress key, arq job key, arq queue, herald:running.
 # ARGV: job id, the record as read ('' if none), record to write if re-queued ('' = only untrack),
 #       record to write if lost, queue score (now, ms).
-_RECOVER = """
+_RECOVER = (
+    INDEX_LUA
+    + """
 local current = redis.call('GET', KEYS[1]) or ''
 if current ~= ARGV[2] then return 'changed' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'held' end
@@ -45,11 +47,14 @@ if ARGV[3] == '' then return 'untracked' end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
   redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+  herald_index(ARGV[1], 'queued', false)
   return 'requeued'
 end
 redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')
+herald_index(ARGV[1], 'failed', false)
 return 'failed'
 """
+)
 
 
 @dataclass(slots=True)

@@ -94,9 +94,16 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
         record.move_to(JobState.QUEUED)
         await asyncio.shield(store.save(record))
         raise
-    log_extra = {"job_id": job_id, "task": task.name, "attempt": record.attempts}
+    elapsed_s = time.perf_counter() - started
+    log_extra = {
+        "job_id": job_id,
+        "task": task.name,
+        "attempt": record.attempts,
+        "outcome": outcome.verdict.value,
+        "duration_s": round(elapsed_s, 3),
+    }
     if outcome.verdict is Verdict.SUCCEEDED:
-        logger.info("job %s succeeded in %.3fs", job_id, time.perf_counter() - started, extra=log_extra)
+        logger.info("job %s succeeded in %.3fs", job_id, elapsed_s, extra=log_extra)
         record.move_to(JobState.SUCCEEDED)
         await store.save(record)
         return outcome.result

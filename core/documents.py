@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
-
-from core.jobs import utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +28,8 @@ class Claim:
 class DocumentStore(Protocol):
     async def get(self, key: str) -> dict[str, Any] | None: ...
 
+    async def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]: ...
+
     async def delete(self, *keys: str) -> None: ...
 
 
@@ -42,8 +43,8 @@ class MemoryDocumentStore:
 
     def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
         self._items.pop(key, None)
-        self._items[key] = (value, utcnow().timestamp() + (ttl_s if ttl_s is not None else self._ttl_s))
-        now = utcnow().timestamp()
+        self._items[key] = (value, _now_s() + (ttl_s if ttl_s is not None else self._ttl_s))
+        now = _now_s()
         while self._items:
             _, oldest_expiry = next(iter(self._items.values()))
             if len(self._items) <= self._max and oldest_expiry > now:
@@ -61,6 +62,9 @@ class MemoryDocumentStore:
     async def get(self, key: str) -> dict[str, Any] | None:
         return self._live(key)
 
+    async def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        return [self._live(key) for key in keys]
+
     async def delete(self, *keys: str) -> None:
         for key in keys:
             self._items.pop(key, None)
@@ -71,7 +75,7 @@ class MemoryDocumentStore:
         ``put`` only evicts from the oldest end, so an expired short-lived claim can sit behind a
         longer-lived document until this runs.
         """
-        now = utcnow().timestamp()
+        now = _now_s()
         expired = [key for key, (_, expires_at) in self._items.items() if expires_at <= now]
         for key in expired:
             del self._items[key]
@@ -82,6 +86,10 @@ class MemoryDocumentStore:
 
     def _live(self, key: str) -> dict[str, Any] | None:
         item = self._items.get(key)
-        if item is None or item[1] <= utcnow().timestamp():
+        if item is None or item[1] <= _now_s():
             return None
         return item[0]
+
+
+def _now_s() -> float:
+    return datetime.now(UTC).timestamp()

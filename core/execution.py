@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from core.errors import PermanentError, RetryableError, TaskError
+from core.logging import begin_attempt_log
 from core.observe import AttemptReport, Phase, report
 from core.registry import TaskDef
 
@@ -56,6 +57,8 @@ async def run_attempt(
     """
     attempt: int = ctx["job_try"]
     job_id: str = ctx["job_id"]
+    # Lasts past the return: the runner's outcome line carries these and whatever the task bound.
+    begin_attempt_log(job_id=job_id, task=task.name, attempt=attempt)
     report(ctx, AttemptReport(job_id, task.name, attempt, "started"))
     started = time.perf_counter()
     try:

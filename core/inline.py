@@ -78,6 +78,23 @@ class InlineBackend:
     def unfinished(self) -> int:
         return len(self._unfinished)
 
+    def backlog(self) -> tuple[int, int, float]:
+        """Jobs due and waiting for a free worker, jobs waiting on a timer (a later send, a back-off),
+        and how long the oldest due one has waited, in seconds (0 when none)."""
+        now = utcnow()
+        due, on_timer, oldest_s = 0, 0, 0.0
+        for job in self._unfinished.values():
+            record = job.record
+            if record.state is JobState.RUNNING:
+                continue
+            due_at = record.next_attempt_at or record.created_at
+            if due_at > now:  # a later send, or a back-off: its timer puts it in the queue
+                on_timer += 1
+            else:
+                due += 1
+                oldest_s = max(oldest_s, (now - due_at).total_seconds())
+        return due, on_timer, oldest_s
+
     async def start(self) -> None:
         self._accepting = True
         self._workers = [asyncio.create_task(self._work(), name=f"herald-worker-{n}") for n in range(self._concurrency)]
@@ -101,6 +118,7 @@ class InlineBackend:
         jobs = [self._job(spec) for spec in specs]  # raises before anything is reserved
         if claim is not None and (existing := self.documents.claim(claim)) is not None:
             return Enqueued(existing_claim=existing)
+        documents = [*documents, *(spec.as_document() for spec in specs)]
         for document in documents:
             self.documents.put(document.key, document.value)
         for job in jobs:
@@ -207,7 +225,13 @@ class InlineBackend:
             await self._finish(job, JobState.CANCELLED, "cancelled while running at shutdown")
             raise
         elapsed_s = time.perf_counter() - started
-        log_extra = {"job_id": record.id, "task": record.task, "attempt": record.attempts}
+        log_extra = {
+            "job_id": record.id,
+            "task": record.task,
+            "attempt": record.attempts,
+            "outcome": outcome.verdict.value,
+            "duration_s": round(elapsed_s, 3),
+        }
         if outcome.verdict is Verdict.SUCCEEDED:
             logger.info("job %s succeeded in %.3fs", record.id, elapsed_s, extra=log_extra)
             await self._finish(job, JobState.SUCCEEDED, None)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypedDict
 
+from core.documents import Document
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -32,6 +34,10 @@ class JobContext(TypedDict):
 
     job_id: str
     job_try: int
+
+
+def spec_key(job_id: str) -> str:
+    return f"spec:{job_id}"
 
 
 def utcnow() -> datetime:
@@ -59,6 +65,14 @@ class JobSpec:
             raise TypeError(f"arguments of task {self.task!r} must be JSON-able: {exc}") from None
         if self.defer_until is not None and self.defer_until.tzinfo is None:
             raise ValueError("defer_until must be timezone-aware")
+
+    def as_document(self) -> Document:
+        """The spec kept beside its record, so the job can be run again later (a re-run of a failure)."""
+        return Document(spec_key(self.job_id), {"task": self.task, "args": list(self.args), "kwargs": self.kwargs})
+
+    @classmethod
+    def from_document(cls, job_id: str, value: dict[str, Any]) -> JobSpec:
+        return cls(task=value["task"], job_id=job_id, args=tuple(value["args"]), kwargs=value["kwargs"])
 
     def is_deferred(self, now: datetime | None = None) -> bool:
         return self.defer_until is not None and self.defer_until > (now or utcnow())

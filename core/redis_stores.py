@@ -9,7 +9,8 @@ script, so exactly one of them wins.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -17,24 +18,70 @@ from redis.exceptions import RedisError
 
 from core.errors import BackendUnavailableError
 from core.jobs import JobRecord, JobState
+from core.store import Position
 
 KEY_PREFIX = "herald:"
 JOB_PREFIX = KEY_PREFIX + "job:"
 DOC_PREFIX = KEY_PREFIX + "doc:"
+ALL_JOBS_INDEX = KEY_PREFIX + "jobs"
+STATE_INDEX_PREFIX = KEY_PREFIX + "state:"
 
-# KEYS[1] record key; ARGV[1] new JSON, ARGV[2] TTL ms, ARGV[3..] states the current one must be in.
-_SET_IF_STATE = """
+# Every script that writes a record keeps two indexes in step with it: herald:jobs (all jobs) and
+# herald:state:<state> (jobs now in that state), both scored by creation time in ms, so listings are
+# newest first without scanning keys. Entries older than RECORD_TTL_S are pruned when read.
+INDEX_LUA = """
+local function herald_index(id, state, score)
+  score = score or redis.call('ZSCORE', '{all}', id)
+  if not score then
+    local now = redis.call('TIME')
+    score = now[1] * 1000 + math.floor(now[2] / 1000)
+  end
+  for _, s in ipairs({{{states}}}) do
+    if s ~= state then redis.call('ZREM', '{prefix}' .. s, id) end
+  end
+  redis.call('ZADD', '{prefix}' .. state, score, id)
+  redis.call('ZADD', '{all}', score, id)
+end
+""".format(
+    all=ALL_JOBS_INDEX,
+    prefix=STATE_INDEX_PREFIX,
+    states=", ".join(f"'{state.value}'" for state in JobState),
+)
+
+# KEYS[1] record key; ARGV[1] new JSON, ARGV[2] TTL ms, ARGV[3] job id, ARGV[4] new state, ARGV[5] score.
+_SAVE = (
+    INDEX_LUA
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+herald_index(ARGV[3], ARGV[4], ARGV[5])
+return 1
+"""
+)
+
+# As _SAVE, then ARGV[6..] are the states the current record must be in.
+_SET_IF_STATE = (
+    INDEX_LUA
+    + """
 local current = redis.call('GET', KEYS[1])
 if not current then return false end
 local state = cjson.decode(current)['state']
-for i = 3, #ARGV do
+for i = 6, #ARGV do
   if ARGV[i] == state then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    herald_index(ARGV[3], ARGV[4], ARGV[5])
     return 1
   end
 end
 return current
 """
+)
+
+
+def score_of(record: JobRecord) -> int:
+    return int(record.created_at.timestamp() * 1000)
+
+
+SCAN_BATCH = 200
 
 
 def unavailable(exc: RedisError) -> BackendUnavailableError:
@@ -45,11 +92,16 @@ class RedisJobStore:
     def __init__(self, redis: Redis, *, ttl_s: float) -> None:
         self._redis = redis
         self._ttl_ms = int(ttl_s * 1000)
+        self._ttl_s = ttl_s
+        self._save = redis.register_script(_SAVE)
         self._set_if_state = redis.register_script(_SET_IF_STATE)
+
+    def _write_args(self, record: JobRecord) -> list[Any]:
+        return [json.dumps(record.to_json()), self._ttl_ms, record.id, record.state.value, score_of(record)]
 
     async def save(self, record: JobRecord) -> None:
         try:
-            await self._redis.set(JOB_PREFIX + record.id, json.dumps(record.to_json()), px=self._ttl_ms)
+            await self._save(keys=[JOB_PREFIX + record.id], args=self._write_args(record))
         except RedisError as exc:
             raise unavailable(exc) from exc
 
@@ -58,7 +110,7 @@ class RedisJobStore:
         try:
             result = await self._set_if_state(
                 keys=[JOB_PREFIX + record.id],
-                args=[json.dumps(record.to_json()), self._ttl_ms, *(state.value for state in expected)],
+                args=[*self._write_args(record), *(state.value for state in expected)],
             )
         except RedisError as exc:
             raise unavailable(exc) from exc
@@ -82,12 +134,73 @@ class RedisJobStore:
         return {job_id: JobRecord.from_json(json.loads(raw)) for job_id, raw in zip(ids, raws, strict=True) if raw}
 
     async def delete(self, job_ids: Iterable[str]) -> None:
-        keys = [JOB_PREFIX + job_id for job_id in job_ids]
-        if keys:
+        ids = list(job_ids)
+        if ids:
             try:
-                await self._redis.delete(*keys)
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(*(JOB_PREFIX + job_id for job_id in ids))
+                    for index in self._indexes():
+                        pipe.zrem(index, *ids)
+                    await pipe.execute()
             except RedisError as exc:
                 raise unavailable(exc) from exc
+
+    async def list_records(
+        self,
+        *,
+        state: JobState | None = None,
+        tasks: Collection[str] | None = None,
+        after: Position | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        index = STATE_INDEX_PREFIX + state.value if state is not None else ALL_JOBS_INDEX
+        found: list[JobRecord] = []
+        try:
+            await self._prune()
+            while len(found) < limit:
+                upper = str(after[0]) if after is not None else "+inf"  # inclusive: ties are split by id below
+                rows = await self._redis.zrevrangebyscore(
+                    index, upper, "-inf", start=0, num=SCAN_BATCH, withscores=True
+                )
+                page = [(int(score), raw.decode()) for raw, score in rows]
+                if after is not None:
+                    page = [row for row in page if row < after]
+                if not page:
+                    break
+                records = await self.get_many(job_id for _, job_id in page)
+                for _, job_id in page:
+                    record = records.get(job_id)
+                    if record is not None and (tasks is None or record.task in tasks):
+                        found.append(record)
+                        if len(found) == limit:
+                            break
+                if len(rows) < SCAN_BATCH:
+                    break
+                after = page[-1]
+        except RedisError as exc:
+            raise unavailable(exc) from exc
+        return found
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        try:
+            await self._prune()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for state in JobState:
+                    pipe.zcard(STATE_INDEX_PREFIX + state.value)
+                counts = await pipe.execute()
+        except RedisError as exc:
+            raise unavailable(exc) from exc
+        return {state: int(count) for state, count in zip(JobState, counts, strict=True)}
+
+    def _indexes(self) -> list[str]:
+        return [ALL_JOBS_INDEX, *(STATE_INDEX_PREFIX + state.value for state in JobState)]
+
+    async def _prune(self) -> None:
+        oldest_ms = int((time.time() - self._ttl_s) * 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for index in self._indexes():
+                pipe.zremrangebyscore(index, "-inf", oldest_ms)
+            await pipe.execute()
 
 
 class RedisDocumentStore:
@@ -101,6 +214,15 @@ class RedisDocumentStore:
             raise unavailable(exc) from exc
         value: dict[str, Any] | None = json.loads(raw) if raw else None
         return value
+
+    async def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        if not keys:
+            return []
+        try:
+            raws = await self._redis.mget([DOC_PREFIX + key for key in keys])
+        except RedisError as exc:
+            raise unavailable(exc) from exc
+        return [json.loads(raw) if raw else None for raw in raws]
 
     async def delete(self, *keys: str) -> None:
         if keys:

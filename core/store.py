@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Protocol
 
 from core.jobs import JobRecord, JobState, utcnow
+
+Position = tuple[int, str]  # (creation ms, job id): a place in a newest-first listing
 
 
 class JobStore(Protocol):
@@ -23,6 +25,19 @@ class JobStore(Protocol):
     async def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]: ...
 
     async def delete(self, job_ids: Iterable[str]) -> None: ...
+
+    async def list_records(
+        self,
+        *,
+        state: JobState | None = None,
+        tasks: Collection[str] | None = None,
+        after: Position | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        """Records newest first by (creation ms, id), optionally in one state / of some tasks, past ``after``."""
+        ...
+
+    async def count_by_state(self) -> dict[JobState, int]: ...
 
 
 class MemoryJobStore:
@@ -77,6 +92,34 @@ class MemoryJobStore:
             removed += self._records.pop(job_id, None) is not None
         return removed
 
+    async def list_records(
+        self,
+        *,
+        state: JobState | None = None,
+        tasks: Collection[str] | None = None,
+        after: Position | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        newest_first = sorted(self._records.values(), key=_position, reverse=True)
+        found = []
+        for record in newest_first:
+            if after is not None and _position(record) >= after:
+                continue
+            if (state is None or record.state is state) and (tasks is None or record.task in tasks):
+                if self._live(record.id) is None:
+                    continue
+                found.append(record)
+                if len(found) == limit:
+                    break
+        return found
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        for record in self._records.values():
+            if self._live(record.id) is not None:
+                counts[record.state] += 1
+        return counts
+
     def __len__(self) -> int:
         return len(self._records)
 
@@ -96,3 +139,7 @@ class MemoryJobStore:
                 break
             del self._finished[job_id]
             self._records.pop(job_id, None)
+
+
+def _position(record: JobRecord) -> Position:
+    return (int(record.created_at.timestamp() * 1000), record.id)

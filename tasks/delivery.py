@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 
 from core.errors import PermanentError
 from core.jobs import JobContext
+from core.logging import bind_log_fields
 from tasks.channels.email import Mailer, build_message
 from tasks.channels.webhook import post_webhook
 from tasks.messages import DeliveryPayload
@@ -27,12 +28,21 @@ class DeliveryContext(JobContext):
 
 async def send_email(ctx: DeliveryContext, payload: DeliveryPayload) -> None:
     """Send one email; SMTP 4xx/connection errors are retryable, 5xx permanent."""
+    _bind_ids(payload)
     await ctx["mailer"].send(build_message(payload, ctx["email_from"]))
 
 
 async def send_webhook(ctx: DeliveryContext, payload: DeliveryPayload) -> int:
     """POST one signed webhook; returns the receiver's 2xx status."""
+    _bind_ids(payload)
     signer = ctx["webhook_signer"]
     if signer is None:
         raise PermanentError("WEBHOOK_SECRET is not set on this server", channel="webhook")
     return await post_webhook(ctx["http"], signer, payload)
+
+
+def _bind_ids(payload: DeliveryPayload) -> None:
+    """Put the delivery's ids (never its address or content) on this attempt's log lines."""
+    bind_log_fields(
+        delivery_id=payload["delivery_id"], notification_id=payload["notification_id"], channel=payload["channel"]
+    )

@@ -16,7 +16,8 @@ from typing import Any, Literal
 from core.backend import AfterResponse, TaskBackend
 from core.documents import Claim, Document
 from core.errors import HeraldError
-from core.jobs import JobRecord, JobSpec, JobState, utcnow
+from core.jobs import JobRecord, JobSpec, JobState, spec_key, utcnow
+from core.rerun import rerun
 from core.store import JobStore
 from tasks.messages import Channel, DeliveryPayload
 from tasks.registry import TASK_FOR_CHANNEL
@@ -47,6 +48,14 @@ _STATUS_OF_JOB = {
 NotificationStatus = Literal[
     "queued", "scheduled", "in_progress", "delivered", "failed", "partially_delivered", "cancelled"
 ]
+
+
+_JOB_STATE_OF = {status: state for state, status in _STATUS_OF_JOB.items()}
+_CHANNEL_OF_TASK = {task: channel for channel, task in TASK_FOR_CHANNEL.items()}
+
+
+class UnknownDeliveryError(LookupError):
+    """No delivery with this id is kept."""
 
 
 class IdempotencyConflictError(HeraldError):
@@ -115,6 +124,20 @@ class DeliveryView:
     updated_at: datetime
     next_attempt_at: datetime | None
     finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryItem:
+    """A delivery on its own (listings), with the notification it belongs to."""
+
+    notification_id: str
+    delivery: DeliveryView
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    items: list[DeliveryItem]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +248,71 @@ class NotificationService:
         await self._backend.cancel([ref.id for ref in record.deliveries])
         return await self.get(notification_id)
 
+    async def list_deliveries(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        channel: Channel | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> DeliveryPage:
+        """Deliveries newest first; ``cursor`` is the ``next_cursor`` of the previous page."""
+        records = await self.jobs.list_records(
+            state=_JOB_STATE_OF[status] if status else None,
+            tasks={TASK_FOR_CHANNEL[channel]} if channel else None,
+            after=_parse_cursor(cursor),
+            limit=limit,
+        )
+        items = await self._items(records)
+        next_cursor = _cursor(records[-1]) if len(records) == limit else None
+        return DeliveryPage(items=items, next_cursor=next_cursor)
+
+    async def counts(self) -> dict[DeliveryStatus, int]:
+        by_state = await self.jobs.count_by_state()
+        return {_STATUS_OF_JOB[state]: count for state, count in by_state.items()}
+
+    async def recent(self, limit: int = 20) -> list[NotificationView]:
+        """The notifications of the newest deliveries, newest first."""
+        records = await self.jobs.list_records(limit=limit * 10)
+        payloads = await self._backend.documents.get_many([spec_key(r.id) for r in records])
+        ids: dict[str, None] = {}
+        for payload in payloads:
+            if payload is not None and payload.get("args"):
+                ids[payload["args"][0]["notification_id"]] = None
+        views = [await self.get(notification_id) for notification_id in list(ids)[:limit]]
+        return [view for view in views if view is not None]
+
+    async def retry_delivery(self, delivery_id: str) -> DeliveryItem:
+        """Send a failed delivery again (same id, so the same webhook-id / Message-ID)."""
+        if await self.jobs.get(delivery_id) is None:
+            raise UnknownDeliveryError(delivery_id)
+        [record] = await rerun(self._backend, [delivery_id])
+        [item] = await self._items([record])
+        return item
+
+    async def retry_notification(self, notification_id: str) -> NotificationView | None:
+        """Send the notification's failed deliveries again; None if the id is unknown."""
+        record = await self._record(notification_id)
+        if record is None:
+            return None
+        jobs = await self.jobs.get_many(ref.id for ref in record.deliveries)
+        failed = [ref.id for ref in record.deliveries if (job := jobs.get(ref.id)) and job.state is JobState.FAILED]
+        await rerun(self._backend, failed)
+        return await self.get(notification_id)
+
+    async def _items(self, records: list[JobRecord]) -> list[DeliveryItem]:
+        payloads = await self._backend.documents.get_many([spec_key(r.id) for r in records])
+        items = []
+        for record, kept in zip(records, payloads, strict=True):
+            if kept is None or not kept.get("args"):
+                continue
+            payload = kept["args"][0]
+            ref = DeliveryRef(
+                record.id, _CHANNEL_OF_TASK.get(record.task, Channel(payload["channel"])), payload["address"]
+            )
+            items.append(DeliveryItem(notification_id=payload["notification_id"], delivery=_delivery_view(ref, record)))
+        return items
+
     async def _record(self, notification_id: str) -> NotificationRecord | None:
         data = await self._backend.documents.get(_notification_key(notification_id))
         return NotificationRecord.from_json(data) if data is not None else None
@@ -258,25 +346,7 @@ def _payload(
 
 
 def _view(record: NotificationRecord, jobs: dict[str, JobRecord]) -> NotificationView:
-    deliveries = []
-    for ref in record.deliveries:
-        job = jobs.get(ref.id)
-        if job is None:  # evicted under load; the notification itself goes next
-            continue
-        deliveries.append(
-            DeliveryView(
-                id=ref.id,
-                channel=ref.channel,
-                address=ref.address,
-                status=_STATUS_OF_JOB[job.state],
-                attempts=job.attempts,
-                last_error=job.last_error,
-                created_at=job.created_at,
-                updated_at=job.updated_at,
-                next_attempt_at=job.next_attempt_at,
-                finished_at=job.finished_at,
-            )
-        )
+    deliveries = [_delivery_view(ref, job) for ref in record.deliveries if (job := jobs.get(ref.id)) is not None]
     return NotificationView(
         id=record.id,
         status=overall_status([d.status for d in deliveries]),
@@ -287,6 +357,32 @@ def _view(record: NotificationRecord, jobs: dict[str, JobRecord]) -> Notificatio
         metadata=record.metadata,
         send_at=record.send_at,
         deliveries=deliveries,
+    )
+
+
+def _cursor(record: JobRecord) -> str:
+    return f"{int(record.created_at.timestamp() * 1000)}.{record.id}"
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
+    if not cursor:
+        return None
+    ms, _, job_id = cursor.partition(".")
+    return (int(ms), job_id) if ms.isdigit() and job_id else None
+
+
+def _delivery_view(ref: DeliveryRef, job: JobRecord) -> DeliveryView:
+    return DeliveryView(
+        id=ref.id,
+        channel=ref.channel,
+        address=ref.address,
+        status=_STATUS_OF_JOB[job.state],
+        attempts=job.attempts,
+        last_error=job.last_error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        next_attempt_at=job.next_attempt_at,
+        finished_at=job.finished_at,
     )
 
 

@@ -7,7 +7,8 @@ Run it as its own process with either of::
 
 ``WorkerSettings`` reads the environment only when arq asks for its contents, not at import time.
 Every worker also runs Herald's cron scheduler (tasks/cron.py) unless ``CRON_ENABLED=false``; a Redis
-lease lets one of them run each tick.
+lease lets one of them run each tick. Each worker process serves its own Prometheus metrics on
+``WORKER_METRICS_PORT`` (0 = off); a second worker on the same machine and port runs without them.
 """
 
 from __future__ import annotations
@@ -17,17 +18,21 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from arq.connections import RedisSettings
+from prometheus_client import CollectorRegistry
 
 from core.arq_worker import EmbeddedWorker, worker_options
 from core.config import Settings, get_settings
 from core.cron import CronScheduler
 from core.errors import ConfigError
 from core.logging import configure_logging
+from core.metrics import MetricsServer
+from core.observe import Observer
 from tasks.cron import CronContext, arq_cron
+from tasks.metrics import delivery_metrics
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
 
@@ -38,10 +43,15 @@ CRON_CTX_KEY = "herald_cron"
 HEARTBEAT_MAX_AGE_INTERVALS = 3  # as /readyz counts live workers
 
 
-def build_worker_options(settings: Settings) -> dict[str, Any]:
+def build_worker_options(
+    settings: Settings, *, observers: Sequence[Observer] = (), metrics_server: MetricsServer | None = None
+) -> dict[str, Any]:
+    """arq Worker options; ``observers`` see every attempt, ``metrics_server`` starts with the worker."""
     if settings.REDIS_URL is None:
         raise ConfigError("invalid configuration: REDIS_URL: the worker needs Redis")
-    start_cron, stop_cron = _cron_hooks(settings) if settings.CRON_ENABLED else (None, None)
+    start, stop = _cron_hooks(settings) if settings.CRON_ENABLED else (None, None)
+    if metrics_server is not None:
+        start = _serving_metrics(metrics_server, then=start)
     return worker_options(
         build_registry(settings),
         functools.partial(delivery_resources, settings),
@@ -51,9 +61,28 @@ def build_worker_options(settings: Settings) -> dict[str, Any]:
         completion_wait_s=settings.SHUTDOWN_GRACE_S,
         heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
         record_ttl_s=settings.RECORD_TTL_S,
-        extra_startup=start_cron,
-        extra_shutdown=stop_cron,
+        extra_startup=start,
+        extra_shutdown=stop,
+        observers=observers,
     )
+
+
+def process_worker_options(settings: Settings) -> tuple[dict[str, Any], MetricsServer | None]:
+    """Options for a worker in its own process: its own metrics registry, served on WORKER_METRICS_PORT."""
+    if settings.WORKER_METRICS_PORT == 0:
+        return build_worker_options(settings), None
+    registry = CollectorRegistry()
+    server = MetricsServer(registry, host=settings.HOST, port=settings.WORKER_METRICS_PORT)
+    return build_worker_options(settings, observers=[delivery_metrics(registry)], metrics_server=server), server
+
+
+def _serving_metrics(server: MetricsServer, *, then: WorkerHook | None) -> WorkerHook:
+    async def start(ctx: dict[str, Any]) -> None:
+        server.start()  # once per process: a worker restarted after a Redis outage keeps serving
+        if then is not None:
+            await then(ctx)
+
+    return start
 
 
 def _cron_hooks(settings: Settings) -> tuple[WorkerHook, WorkerHook]:
@@ -84,8 +113,9 @@ class _FromEnvironment(dict[str, Any]):
             except ConfigError as exc:
                 sys.stderr.write(f"herald worker: {exc}\n")
                 raise SystemExit(2) from None
-            configure_logging(settings.LOG_LEVEL)
-            self.update(build_worker_options(settings))
+            configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+            options, _ = process_worker_options(settings)  # the metrics thread lives as long as the process
+            self.update(options)
         return super().items()
 
 
@@ -98,11 +128,14 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    worker = EmbeddedWorker(build_worker_options(settings))
+    options, metrics_server = process_worker_options(settings)
+    worker = EmbeddedWorker(options)
     await worker.start()
     await stop.wait()
     logger.info("stopping: finishing running jobs for up to %gs", settings.SHUTDOWN_GRACE_S)
     await worker.stop(settings.SHUTDOWN_GRACE_S)
+    if metrics_server is not None:
+        metrics_server.close()
 
 
 def main() -> None:
@@ -113,7 +146,7 @@ def main() -> None:
     except ConfigError as exc:
         sys.stderr.write(f"herald worker: {exc}\n")
         raise SystemExit(2) from None
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     asyncio.run(serve(settings))
 
 

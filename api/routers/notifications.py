@@ -12,6 +12,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, 
 from api.auth import require_api_key
 from api.deps import NotificationsDep, SettingsDep
 from api.errors import invalid
+from api.routers.metrics import MetricsDep
 from api.schemas import ErrorOut, NotificationOut, NotifyRequest, ValidationErrorOut
 from core.config import Settings
 from tasks.channels.netguard import forbidden_reason, parse_ip_literal
@@ -46,6 +47,7 @@ async def notify(
     response: Response,
     service: NotificationsDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", description="Same key + same body: same notification, nothing resent."),
@@ -73,6 +75,8 @@ async def notify(
     response.headers["Location"] = f"/notifications/{view.id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    else:
+        metrics.accepted.inc()
     return NotificationOut.of(view)
 
 
@@ -97,6 +101,20 @@ async def get_notification(notification_id: str, service: NotificationsDep) -> N
 )
 async def cancel_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
     view = await service.cancel(notification_id)
+    if view is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
+    return NotificationOut.of(view)
+
+
+@router.post(
+    "/notifications/{notification_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=NotificationOut,
+    summary="Send the notification's failed deliveries again (same webhook-id / Message-ID)",
+    responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
+)
+async def retry_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
+    view = await service.retry_notification(notification_id)
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
     return NotificationOut.of(view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -108,7 +109,8 @@ async def test_sigterm_past_the_grace_names_every_unfinished_delivery(start_serv
     proc.send_signal(signal.SIGTERM)
     await _wait_clean_exit(proc, timeout_s=30)
     log = log_path.read_text()
-    match = re.search(r"shutdown left (\d+) jobs unfinished: (.+)", log)
+    messages = "\n".join(json.loads(line)["message"] for line in log.splitlines())  # JSON lines by default
+    match = re.search(r"shutdown left (\d+) jobs unfinished: (.+)", messages)
     assert match, log
     named = set(match.group(2).split(", "))
     arrived = {r.headers["webhook-id"] for r in receiver.received("/slower")}
