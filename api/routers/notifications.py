@@ -17,7 +17,7 @@ from api.schemas import ErrorOut, NotificationOut, NotifyRequest, ValidationErro
 from core.config import Settings
 from tasks.channels.netguard import forbidden_reason, parse_ip_literal
 from tasks.messages import Channel
-from tasks.notifications import Recipient
+from tasks.notifications import NotificationView, Recipient
 from tasks.rendering import RenderedMessage, default_library
 
 router = APIRouter(tags=["notifications"], dependencies=[Depends(require_api_key)])
@@ -87,10 +87,7 @@ async def notify(
     responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
 )
 async def get_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
-    view = await service.get(notification_id)
-    if view is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
-    return NotificationOut.of(view)
+    return _found(await service.get(notification_id), notification_id)
 
 
 @router.delete(
@@ -100,10 +97,7 @@ async def get_notification(notification_id: str, service: NotificationsDep) -> N
     responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
 )
 async def cancel_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
-    view = await service.cancel(notification_id)
-    if view is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
-    return NotificationOut.of(view)
+    return _found(await service.cancel(notification_id), notification_id)
 
 
 @router.post(
@@ -114,7 +108,10 @@ async def cancel_notification(notification_id: str, service: NotificationsDep) -
     responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
 )
 async def retry_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
-    view = await service.retry_notification(notification_id)
+    return _found(await service.retry_notification(notification_id), notification_id)
+
+
+def _found(view: NotificationView | None, notification_id: str) -> NotificationOut:
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no notification with id {notification_id!r}")
     return NotificationOut.of(view)
