@@ -9,8 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from core.errors import BackendUnavailableError, QueueClosedError, QueueFullError
-from core.rerun import NotRetryableError
+from core.errors import BackendUnavailableError, DuplicateJobError, NotRetryableError, QueueClosedError, QueueFullError
 from tasks.notifications import IdempotencyConflictError
 from tasks.rendering import TemplateProblem
 
@@ -72,6 +71,7 @@ async def _not_retryable(_: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotRetryableError, _not_retryable)
+    app.add_exception_handler(DuplicateJobError, _not_retryable)
     app.add_exception_handler(BackendUnavailableError, _backend_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(TemplateProblem, _template_problem)

@@ -22,7 +22,7 @@ from core.arq_worker import EmbeddedWorker, live_workers
 from core.backend import AfterResponse, Enqueued
 from core.codec import json_dumps
 from core.documents import Claim, Document
-from core.errors import BackendUnavailableError, DuplicateJobError, QueueClosedError
+from core.errors import BackendUnavailableError, DuplicateJobError, NotRetryableError, QueueClosedError
 from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState
 from core.redis_stores import (
     DOC_PREFIX,
@@ -39,7 +39,8 @@ from core.registry import TaskRegistry
 EXPIRY_MARGIN_MS = 86_400_000
 
 # KEYS: claim key, document keys, record keys, arq job keys, queue key.
-# ARGV: has_claim, claim value, claim TTL ms, #documents, document TTL ms, #jobs, record TTL ms,
+# ARGV: mode ('0' plain, '1' with claim, '2' re-run of failed jobs), claim value, claim TTL ms,
+#       #documents, document TTL ms, #jobs, record TTL ms,
 #       document values, then per job: record JSON, arq job, arq job TTL ms, score, job id, state,
 #       index score (creation ms).
 _ENQUEUE = (
@@ -53,6 +54,12 @@ end
 for j = 1, n_jobs do
   if redis.call('EXISTS', KEYS[1 + n_docs + n_jobs + j]) == 1 then
     return {'duplicate', ARGV[7 + n_docs + (j - 1) * 7 + 5]}
+  end
+  if ARGV[1] == '2' then  -- a re-run: only over a record that is failed right now
+    local current = redis.call('GET', KEYS[1 + n_docs + j])
+    if not current or cjson.decode(current)['state'] ~= 'failed' then
+      return {'not_failed', ARGV[7 + n_docs + (j - 1) * 7 + 5]}
+    end
   end
 end
 -- A script error does not undo the writes before it, and ZADD is the only write here that can fail.
@@ -120,11 +127,15 @@ class ArqBackend:
         after_response: AfterResponse | None = None,
         documents: Sequence[Document] = (),
         claim: Claim | None = None,
+        only_if_failed: bool = False,
     ) -> Enqueued:
         if not self._accepting:
             raise QueueClosedError("the server is shutting down and accepts no new jobs")
         documents = [*documents, *(spec.as_document() for spec in specs)]
         now_ms = int(time.time() * 1000)
+        last_due_ms = max((int(s.defer_until.timestamp() * 1000) for s in specs if s.defer_until), default=now_ms)
+        # Records and documents must outlive a far-off send_at by the usual retention, not expire before it.
+        keep_ms = self._record_ttl_ms + max(0, last_due_ms - now_ms)
         records: list[JobRecord] = []
         job_args: list[Any] = []
         for spec in specs:
@@ -154,13 +165,13 @@ class ArqBackend:
             self._queue_name,
         ]
         args: list[Any] = [
-            "1" if claim else "0",
+            "2" if only_if_failed else "1" if claim else "0",
             json.dumps(claim.value) if claim else "",
             int(claim.ttl_s * 1000) if claim else 0,
             len(documents),
-            self._record_ttl_ms,
+            keep_ms,
             len(specs),
-            self._record_ttl_ms,
+            keep_ms,
             *(json.dumps(d.value) for d in documents),
             *job_args,
         ]
@@ -172,6 +183,8 @@ class ArqBackend:
         if verdict == "claimed":
             existing: dict[str, Any] = json.loads(result[1])
             return Enqueued(existing_claim=existing)
+        if verdict == "not_failed":
+            raise NotRetryableError(f"job {result[1].decode()!r} is not failed; only failed jobs can be retried")
         if verdict == "duplicate":
             raise DuplicateJobError(f"a job is already queued under id {result[1].decode()!r}")
         if verdict == "not_a_queue":

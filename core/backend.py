@@ -49,11 +49,14 @@ class TaskBackend(Protocol):
         after_response: AfterResponse | None = None,
         documents: Sequence[Document] = (),
         claim: Claim | None = None,
+        only_if_failed: bool = False,
     ) -> Enqueued:
         """Store the jobs (state ``queued`` or ``scheduled``) and ``documents`` all at once, or nothing.
 
         With ``claim``, nothing is written if its key already holds a value: that value is returned
-        instead. Raises EnqueueError when the jobs cannot be accepted. An in-process backend may start
+        instead. With ``only_if_failed`` (a re-run), every job's current record must be failed, or
+        nothing is written and NotRetryableError is raised. Raises EnqueueError when the jobs cannot be
+        accepted. An in-process backend may start
         the jobs only after the response is sent, through ``after_response``.
         """
         ...

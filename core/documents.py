@@ -34,11 +34,17 @@ class DocumentStore(Protocol):
 
 
 class MemoryDocumentStore:
-    """Documents in a dict, bounded by count (oldest first out) and by age."""
+    """Documents in a dict, bounded by count (oldest first out) and by age.
 
-    def __init__(self, *, max_documents: int, ttl_s: float) -> None:
+    Claims (idempotency keys) are kept apart, bounded by their TTL and a far larger count, so a
+    burst of documents can never push out a key that must live its full TTL.
+    """
+
+    def __init__(self, *, max_documents: int, ttl_s: float, max_claims: int | None = None) -> None:
         self._items: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        self._claims: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self._max = max_documents
+        self._max_claims = max_claims if max_claims is not None else max_documents * 100
         self._ttl_s = ttl_s
 
     def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
@@ -53,10 +59,17 @@ class MemoryDocumentStore:
 
     def claim(self, claim: Claim) -> dict[str, Any] | None:
         """Claim atomically (nothing awaits in between); return the live value if already claimed."""
-        existing = self._live(claim.key)
-        if existing is not None:
-            return existing
-        self.put(claim.key, claim.value, claim.ttl_s)
+        now = _now_s()
+        existing = self._claims.get(claim.key)
+        if existing is not None and existing[1] > now:
+            return existing[0]
+        self._claims.pop(claim.key, None)
+        self._claims[claim.key] = (claim.value, now + claim.ttl_s)
+        while self._claims:  # claims share one TTL, so the oldest expires first
+            _, oldest_expiry = next(iter(self._claims.values()))
+            if len(self._claims) <= self._max_claims and oldest_expiry > now:
+                break
+            self._claims.popitem(last=False)
         return None
 
     async def get(self, key: str) -> dict[str, Any] | None:
@@ -68,6 +81,7 @@ class MemoryDocumentStore:
     async def delete(self, *keys: str) -> None:
         for key in keys:
             self._items.pop(key, None)
+            self._claims.pop(key, None)
 
     def purge(self) -> int:
         """Evict every expired document now (reads already skip them); how many went.
@@ -85,7 +99,7 @@ class MemoryDocumentStore:
         return len(self._items)
 
     def _live(self, key: str) -> dict[str, Any] | None:
-        item = self._items.get(key)
+        item = self._items.get(key) or self._claims.get(key)
         if item is None or item[1] <= _now_s():
             return None
         return item[0]

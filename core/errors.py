@@ -6,7 +6,8 @@
     │   ├── QueueClosedError     the runner is shutting down
     │   ├── QueueFullError       the in-process queue is at TASK_QUEUE_MAX
     │   ├── DuplicateJobError    a job with the same id is already queued
-    │   └── BackendUnavailableError  the durable backend's Redis cannot be reached
+    │   ├── BackendUnavailableError  the durable backend's Redis cannot be reached
+    │   └── NotRetryableError    a re-run was asked of a job that is not failed
     └── TaskError              raised by a task attempt; decides what happens next
         ├── RetryableError       try again after back-off (or after ``retry_after_s``)
         └── PermanentError       give up now; retrying cannot help
@@ -44,6 +45,10 @@ class DuplicateJobError(EnqueueError):
 
 class BackendUnavailableError(EnqueueError):
     """The durable backend's store (Redis) cannot be reached; nothing was written."""
+
+
+class NotRetryableError(EnqueueError):
+    """Only a failed job can be run again; this one is not failed (or its content is no longer kept)."""
 
 
 class TaskError(HeraldError):

@@ -21,12 +21,12 @@ from typing import Any
 
 from core.backend import AfterResponse, Enqueued
 from core.documents import Claim, Document, MemoryDocumentStore
-from core.errors import DuplicateJobError, QueueClosedError, QueueFullError
+from core.errors import DuplicateJobError, NotRetryableError, QueueClosedError, QueueFullError
 from core.execution import Verdict, run_attempt
 from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState, utcnow
 from core.observe import OBSERVERS_CTX_KEY, Observer
 from core.registry import TaskDef, TaskRegistry
-from core.store import JobStore
+from core.store import MemoryJobStore
 
 logger = logging.getLogger("herald.jobs")
 
@@ -48,7 +48,7 @@ class InlineBackend:
     def __init__(
         self,
         registry: TaskRegistry,
-        store: JobStore,
+        store: MemoryJobStore,
         resources: Mapping[str, Any],
         *,
         concurrency: int,
@@ -57,7 +57,7 @@ class InlineBackend:
         observers: Sequence[Observer] = (),
     ) -> None:
         self.store = store
-        self.documents = documents or MemoryDocumentStore(max_documents=10_000, ttl_s=86_400)
+        self.documents = documents if documents is not None else MemoryDocumentStore(max_documents=10_000, ttl_s=86_400)
         self._registry = registry
         self._resources = {**resources, OBSERVERS_CTX_KEY: tuple(observers)}
         self._concurrency = concurrency
@@ -106,7 +106,13 @@ class InlineBackend:
         after_response: AfterResponse | None = None,
         documents: Sequence[Document] = (),
         claim: Claim | None = None,
+        only_if_failed: bool = False,
     ) -> Enqueued:
+        if only_if_failed:  # nothing awaits between this check and the reservation below
+            for spec in specs:
+                current = self.store.peek(spec.job_id)
+                if current is None or current.state is not JobState.FAILED:
+                    raise NotRetryableError(f"job {spec.job_id!r} is not failed; only failed jobs can be retried")
         if not self._accepting:
             raise QueueClosedError("the server is shutting down and accepts no new jobs")
         if self.unfinished + len(specs) > self._max_unfinished:

@@ -5,12 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.backend import TaskBackend
-from core.errors import HeraldError
+from core.errors import NotRetryableError
 from core.jobs import JobRecord, JobSpec, JobState, spec_key
-
-
-class NotRetryableError(HeraldError):
-    """Only a failed job can be run again; this one is not failed (or its spec is no longer kept)."""
 
 
 async def rerun(backend: TaskBackend, job_ids: Sequence[str]) -> list[JobRecord]:
@@ -27,4 +23,8 @@ async def rerun(backend: TaskBackend, job_ids: Sequence[str]) -> list[JobRecord]
         specs.append(JobSpec.from_document(job_id, kept))
     if not specs:
         return []
-    return (await backend.enqueue(specs)).records
+    # The check above is for a clear message; only_if_failed makes it hold atomically at write time.
+    return (await backend.enqueue(specs, only_if_failed=True)).records
+
+
+__all__ = ["NotRetryableError", "rerun"]

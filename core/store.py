@@ -55,7 +55,9 @@ class MemoryJobStore:
     async def save(self, record: JobRecord) -> None:
         # A copy, as a remote store would keep: callers may change their object before save_if.
         self._records[record.id] = replace(record)
-        if record.state.is_terminal and record.id not in self._finished:
+        if not record.state.is_terminal:
+            self._finished.pop(record.id, None)  # running again (a re-run): not evictable any more
+        elif record.id not in self._finished:
             self._finished[record.id] = None
             self._prune()
 
@@ -67,6 +69,10 @@ class MemoryJobStore:
         return True
 
     async def get(self, job_id: str) -> JobRecord | None:
+        return self._live(job_id)
+
+    def peek(self, job_id: str) -> JobRecord | None:
+        """``get`` without awaiting, for checks that must not be interleaved with other tasks."""
         return self._live(job_id)
 
     async def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:

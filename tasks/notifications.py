@@ -368,7 +368,7 @@ def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
     if not cursor:
         return None
     ms, _, job_id = cursor.partition(".")
-    return (int(ms), job_id) if ms.isdigit() and job_id else None
+    return (int(ms), job_id) if ms.isascii() and ms.isdecimal() and job_id else None
 
 
 def _delivery_view(ref: DeliveryRef, job: JobRecord) -> DeliveryView:

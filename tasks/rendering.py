@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 
 TEMPLATE_ROOT = Path(__file__).parent / "templates"
+MAX_SUBJECT_LENGTH = 255
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
 
@@ -56,6 +57,10 @@ class TemplateLibrary:
             known = ", ".join(self.names())
             raise TemplateProblem(f"unknown template {name!r}; known templates: {known}", field="template")
         subject = self._render(name, "subject.txt", context).strip()
+        if len(subject) > MAX_SUBJECT_LENGTH:
+            raise TemplateProblem(
+                f"the rendered subject is {len(subject)} characters; at most {MAX_SUBJECT_LENGTH}", field="context"
+            )
         if len(subject.splitlines()) > 1:  # not only CR/LF: the email header refuses \x85, \u2028, ... too
             raise TemplateProblem("the rendered subject must be a single line", field="context")
         text = self._render(name, "body.txt", context)

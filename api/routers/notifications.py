@@ -120,7 +120,10 @@ def _found(view: NotificationView | None, notification_id: str) -> NotificationO
 def _check_send_at(send_at: datetime | None, settings: Settings) -> datetime | None:
     if send_at is None:
         return None
-    send_at = send_at.astimezone(UTC)
+    try:
+        send_at = send_at.astimezone(UTC)
+    except OverflowError:
+        raise invalid(["body", "send_at"], "send_at is outside the supported date range") from None
     ahead_s = (send_at - datetime.now(UTC)).total_seconds()
     if ahead_s <= 0:
         return None  # in the past: send now
@@ -137,7 +140,10 @@ def _check_limits(body: NotifyRequest, settings: Settings) -> None:
     if len(body.to) > settings.MAX_RECIPIENTS:
         raise invalid(["body", "to"], f"at most {settings.MAX_RECIPIENTS} recipients per request, got {len(body.to)}")
     for name in ("context", "metadata"):
-        size = len(json.dumps(getattr(body, name), separators=(",", ":")).encode())
+        try:
+            size = len(json.dumps(getattr(body, name), separators=(",", ":"), allow_nan=False).encode())
+        except ValueError:
+            raise invalid(["body", name], f"{name} must be plain JSON: NaN and Infinity are not allowed") from None
         if size > settings.MAX_CONTEXT_BYTES:
             raise invalid(["body", name], f"{name} is {size} bytes as JSON; the limit is {settings.MAX_CONTEXT_BYTES}")
     for index, recipient in enumerate(body.to):

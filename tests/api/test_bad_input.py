@@ -196,3 +196,40 @@ async def test_bad_idempotency_key(client_for: Any) -> None:
         )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+async def test_nan_in_context_or_metadata_is_a_422_not_a_500(client_for: Any) -> None:
+    async with client_for() as client:
+        for name, body in [
+            (
+                "context",
+                '{"to": [{"channel": "email", "address": "a@example.com"}], "template": "welcome", '
+                '"context": {"name": NaN}}',
+            ),
+            (
+                "metadata",
+                '{"to": [{"channel": "email", "address": "a@example.com"}], "subject": "s", "text": "t", '
+                '"metadata": {"big": 1e400}}',
+            ),
+        ]:
+            response = await client.post("/notify", content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422, response.text
+            assert response.json()["detail"][0]["loc"] == ["body", name]
+
+
+async def test_send_at_outside_the_date_range_is_a_422(client_for: Any) -> None:
+    async with client_for() as client:
+        response = await client.post(
+            "/notify", json={"to": [EMAIL], **OK_LITERAL, "send_at": "9999-12-31T23:00:00-14:00"}
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "send_at"]
+
+
+async def test_a_rendered_subject_longer_than_255_is_a_422(client_for: Any) -> None:
+    async with client_for() as client:
+        response = await client.post(
+            "/notify", json={"to": [EMAIL], "template": "welcome", "context": {"name": "A" * 300}}
+        )
+    assert response.status_code == 422
+    assert "at most 255" in response.json()["detail"][0]["msg"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -129,3 +130,22 @@ async def test_paging_never_skips_deliveries_created_in_the_same_millisecond(
         else:
             raise AssertionError("paging never ended")
     assert sorted(seen) == sorted(d["id"] for d in n["deliveries"]), "every delivery exactly once"
+
+
+async def test_concurrent_retries_send_once_and_never_answer_500(
+    client_for: Any, backend_settings: dict[str, Any], receiver: Receiver
+) -> None:
+    receiver.script("/race", Reply(status=400), Reply(delay_s=0.3))
+    async with client_for(**backend_settings) as client:
+        n = await _notify(client, _hook(receiver, "/race"))
+        [failed] = (await _settled(client, n["id"], "failed"))["deliveries"]
+        responses = await asyncio.gather(
+            *(client.post(f"/deliveries/{failed['id']}/retry") for _ in range(5)),
+            client.post(f"/notifications/{n['id']}/retry"),
+        )
+        await _settled(client, n["id"], "delivered")
+    codes = sorted(r.status_code for r in responses)
+    assert 500 not in codes, [r.text for r in responses]
+    assert codes.count(202) >= 1
+    assert set(codes) <= {202, 409}
+    assert len(receiver.received("/race")) == 2, "the failed attempt, then exactly one re-run"

@@ -49,3 +49,21 @@ async def test_key_expires_after_its_ttl(client_for: Any, backend_settings: dict
             return bool(again.json()["id"] != first.json()["id"])
 
         await eventually(fresh_after_ttl, what="the key to expire")
+
+
+async def test_a_burst_of_documents_never_pushes_out_a_live_key(client_for: Any, receiver: Receiver) -> None:
+    many = [{"channel": "webhook", "address": receiver.url(f"/burst/{n}")} for n in range(5)]
+    async with client_for(RECORD_MAX_COUNT=10) as client:
+        first = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "kept"})
+        for _ in range(10):
+            burst = await client.post("/notify", json={"to": many, "subject": "s", "text": "t"})
+            assert burst.status_code == 202
+        again = await client.post("/notify", json=_body(receiver), headers={"Idempotency-Key": "kept"})
+    # The notification itself may be evicted by RECORD_MAX_COUNT, but the key is not: the request is
+    # never accepted a second time (a replay, or a 409 saying the original is no longer kept).
+    assert again.status_code in (202, 409), again.text
+    if again.status_code == 202:
+        assert again.json()["id"] == first.json()["id"]
+    else:
+        assert "no longer kept" in again.json()["detail"]
+    assert len(receiver.received("/idem")) <= 1

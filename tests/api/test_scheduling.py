@@ -118,3 +118,19 @@ async def test_delete_unknown_is_404(client_for: Any, backend_settings: dict[str
     async with client_for(**backend_settings) as client:
         response = await client.delete("/notifications/ntf_missing")
     assert response.status_code == 404
+
+
+async def test_arq_send_at_further_ahead_than_the_record_ttl_is_still_sent(
+    client_for: Any, redis_url: str, receiver: Receiver
+) -> None:
+    settings = {
+        "TASK_BACKEND": "arq",
+        "REDIS_URL": redis_url,
+        "WORKER_MODE": "embedded",
+        "WORKER_POLL_DELAY_S": 0.02,
+        "RECORD_TTL_S": 0.5,
+    }
+    async with client_for(**settings) as client:
+        response = await client.post("/notify", json=_body(receiver, _in(1.5), "/far"))
+        assert response.status_code == 202
+        await eventually(lambda: len(receiver.received("/far")) == 1, timeout_s=10, what="the far-off send")

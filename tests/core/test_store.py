@@ -116,3 +116,15 @@ async def test_delete_removes_records_and_frees_their_finished_slot() -> None:
     assert await store.get("queued") is None
     assert await _ids(store, ["f1", "f2", "f3"]) == ["f2", "f3"]
     assert len(store) == 2
+
+
+async def test_a_finished_record_running_again_is_not_evicted() -> None:
+    store = MemoryJobStore(max_finished=2, ttl_s=60)
+    rerun = _record("rerun", JobState.FAILED)
+    await store.save(rerun)
+    rerun.state = JobState.RUNNING
+    await store.save(rerun)
+    for n in range(3):
+        await store.save(_record(f"done-{n}", JobState.SUCCEEDED))
+
+    assert (await store.get("rerun")) is not None
