@@ -140,11 +140,9 @@ class ArqBackend:
         job_args: list[Any] = []
         for spec in specs:
             task = self._registry.get(spec.task)
-            record = JobRecord(id=spec.job_id, task=task.name, max_attempts=task.policy.max_attempts)
-            score = now_ms
-            if spec.is_deferred() and spec.defer_until is not None:
-                record.move_to(JobState.SCHEDULED, next_attempt_at=spec.defer_until)
-                score = int(spec.defer_until.timestamp() * 1000)
+            record = JobRecord.accepted(spec, task=task.name, max_attempts=task.policy.max_attempts)
+            due = record.next_attempt_at if record.state is JobState.SCHEDULED else None
+            score = int(due.timestamp() * 1000) if due is not None else now_ms
             records.append(record)
             arq_job = serialize_job(task.name, spec.args, spec.kwargs, None, now_ms, serializer=json_dumps)
             expires_ms = score - now_ms + int(task.policy.span_s() * 1000) + EXPIRY_MARGIN_MS

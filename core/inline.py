@@ -183,9 +183,7 @@ class InlineBackend:
 
     def _job(self, spec: JobSpec) -> _Job:
         task = self._registry.get(spec.task)
-        record = JobRecord(id=spec.job_id, task=task.name, max_attempts=task.policy.max_attempts)
-        if spec.is_deferred():
-            record.move_to(JobState.SCHEDULED, next_attempt_at=spec.defer_until)
+        record = JobRecord.accepted(spec, task=task.name, max_attempts=task.policy.max_attempts)
         return _Job(spec=spec, task=task, record=record)
 
     async def _submit(self, jobs: list[_Job]) -> None:

@@ -93,6 +93,14 @@ class JobRecord:
     next_attempt_at: datetime | None = None
     finished_at: datetime | None = None
 
+    @classmethod
+    def accepted(cls, spec: JobSpec, *, task: str, max_attempts: int) -> JobRecord:
+        """The first record of a job: ``scheduled`` if its spec is deferred, else ``queued``."""
+        record = cls(id=spec.job_id, task=task, max_attempts=max_attempts)
+        if spec.is_deferred():
+            record.move_to(JobState.SCHEDULED, next_attempt_at=spec.defer_until)
+        return record
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
