@@ -60,6 +60,8 @@ class Receiver:
         body = bytearray()
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sender died mid-request (a SIGKILL drill): no receiver would act on half a body
             body.extend(message.get("body", b""))
             if not message.get("more_body"):
                 break
