@@ -23,8 +23,9 @@ from dataclasses import dataclass, fields
 from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
+from core.arq_enqueue import queue_score
 from core.arq_worker import HEARTBEATS_KEY, RUNNING_KEY
-from core.jobs import JobRecord, JobState
+from core.jobs import JobRecord, JobState, Priority
 from core.redis_stores import INDEX_LUA, JOB_PREFIX
 
 BATCH = 500  # stuck jobs handled per call; the rest wait for the next one
@@ -35,7 +36,7 @@ LOST_REASON = (
 
 # KEYS: record, arq in-progress key, arq job key, arq queue, herald:running.
 # ARGV: job id, the record as read ('' if none), record to write if re-queued ('' = only untrack),
-#       record to write if lost, queue score (now, ms).
+#       record to write if lost, queue score (now, banded by the job's priority).
 _RECOVER = (
     INDEX_LUA
     + """
@@ -87,8 +88,10 @@ async def requeue_stuck(
     script = redis.register_script(_RECOVER)
     for job_id, raw in zip(due, raws, strict=True):
         requeued = lost = ""
+        score = queue_score(now_ms, Priority.NORMAL)
         if raw:
             record = JobRecord.from_json(json.loads(raw))
+            score = queue_score(now_ms, record.priority)
             if record.state is JobState.RUNNING:
                 record.move_to(JobState.QUEUED, error=REQUEUED_NOTE)
                 requeued = json.dumps(record.to_json())
@@ -102,7 +105,7 @@ async def requeue_stuck(
                 queue_name,
                 RUNNING_KEY,
             ],
-            args=[job_id, raw or "", requeued, lost, now_ms],
+            args=[job_id, raw or "", requeued, lost, score],
         )
         getattr(report, verdict.decode()).append(job_id)
     return report

@@ -22,15 +22,25 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
 
+from arq.constants import default_queue_name
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.arq_enqueue import (
+    DEFERRED_KEY,
+    EXPIRED_NOTE,
+    FAR_FUTURE_MS,
+    ArqEnqueuer,
+    expire_due,
+    promote_due,
+)
 from core.codec import json_dumps, json_loads
+from core.context import PROGRESS_CTX_KEY, TaskContext
 from core.execution import Verdict, run_attempt
-from core.jobs import JobState, utcnow
+from core.jobs import JobRecord, JobSpec, JobState, spec_key, utcnow
 from core.observe import OBSERVERS_CTX_KEY, Observer
-from core.redis_stores import KEY_PREFIX, RedisJobStore
+from core.redis_stores import KEY_PREFIX, RedisDocumentStore, RedisJobStore
 from core.registry import TaskDef, TaskRegistry
 
 logger = logging.getLogger("herald.worker")
@@ -38,6 +48,9 @@ logger = logging.getLogger("herald.worker")
 HEARTBEATS_KEY = KEY_PREFIX + "workers"
 RUNNING_KEY = KEY_PREFIX + "running"  # job id -> ms after which a still-running job counts as stuck
 STORE_CTX_KEY = "herald_job_store"
+ENQUEUER_CTX_KEY = "herald_enqueuer"
+PROGRESS_EVERY_S = 0.2  # progress reports closer together than this are kept for the final save
+MAINTAIN_MAX_SLEEP_S = 1.0  # promoting deferred jobs and expiring late ones: at least this often
 ARQ_MAX_TRIES = 1_000_000  # out of reach on purpose: the RetryPolicy decides
 TIMEOUT_MARGIN_S = 5.0
 RESTART_DELAY_S = 2.0
@@ -79,12 +92,16 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
         logger.info("job %s is already %s; not running it again", job_id, record.state.value)
         return None
     was = record.state
-    record.attempts += 1
-    record.move_to(JobState.RUNNING)
+    if record.is_expired():  # never start it late, even if the expiry sweep has not reached it
+        record.move_to(JobState.EXPIRED, error=EXPIRED_NOTE)
+        if await store.save_if(record, [was]):
+            logger.info("job %s expired before it started; not running it", job_id)
+        return None
+    record.start_attempt()
     if not await store.save_if(record, [was]):
         logger.info("job %s changed state as it started (cancelled?); not running it", job_id)
         return None
-    task_ctx = {**ctx, "job_try": record.attempts}
+    task_ctx = TaskContext(ctx, job_try=record.attempts, **{PROGRESS_CTX_KEY: _progress_sink(store, record)})
     started = time.perf_counter()
     try:
         outcome = await run_attempt(task, task_ctx, tuple(args), kwargs)
@@ -104,9 +121,15 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
     }
     if outcome.verdict is Verdict.SUCCEEDED:
         logger.info("job %s succeeded in %.3fs", job_id, elapsed_s, extra=log_extra)
+        record.result = outcome.result
         record.move_to(JobState.SUCCEEDED)
-        await store.save(record)
-        return outcome.result
+        following = await _next_step(ctx, record, outcome.result)
+        if following is None:
+            await store.save(record)
+        else:  # this step's success and the next step's job in one write: a crash keeps both or neither
+            enqueuer: ArqEnqueuer = ctx[ENQUEUER_CTX_KEY]
+            await enqueuer.enqueue([following], finishing=record)
+        return None
     if outcome.verdict is Verdict.RETRY and outcome.retry_in_s is not None:
         logger.warning(
             "job %s attempt %d failed, retrying in %.2fs: %s",
@@ -119,11 +142,40 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
         due = utcnow() + timedelta(seconds=outcome.retry_in_s)
         record.move_to(JobState.RETRYING, error=outcome.error, next_attempt_at=due)
         await store.save(record)
-        raise Retry(defer=timedelta(seconds=outcome.retry_in_s))
+        try:
+            await ctx["redis"].zadd(DEFERRED_KEY, {job_id: int(due.timestamp() * 1000)})
+        except RedisError:  # arq's own deferral still retries it on time, if without its priority band
+            raise Retry(defer=timedelta(seconds=outcome.retry_in_s)) from None
+        # arq puts it out of its own reach; the promoter puts it back, banded, when it is due.
+        raise Retry(defer=timedelta(milliseconds=FAR_FUTURE_MS))
     logger.warning("job %s failed: %s", job_id, outcome.error, extra=log_extra)
     record.move_to(JobState.FAILED, error=outcome.error)
     await store.save(record)
     return None
+
+
+def _progress_sink(store: RedisJobStore, record: JobRecord) -> Any:
+    last_saved = [0.0]
+
+    async def record_progress(value: dict[str, Any]) -> None:
+        record.progress = value  # the final save of the attempt carries the latest one in any case
+        now = time.monotonic()
+        if now - last_saved[0] >= PROGRESS_EVERY_S:
+            last_saved[0] = now
+            await store.save_if(record, [JobState.RUNNING])
+
+    return record_progress
+
+
+async def _next_step(ctx: Mapping[str, Any], record: JobRecord, result: Any) -> JobSpec | None:
+    if record.parent is None:
+        return None
+    kept = await RedisDocumentStore(ctx["redis"]).get(spec_key(record.id))
+    if kept is None:
+        if record.parent.startswith("chn_"):
+            logger.error("job %s: its chain's next steps are no longer kept; the chain stops here", record.id)
+        return None
+    return JobSpec.from_document(record.id, kept).next_step(result)
 
 
 def arq_function(task: TaskDef) -> Function:
@@ -177,10 +229,18 @@ def worker_options(
         stacks[id(ctx)] = stack
         ctx.update(await stack.enter_async_context(resources()))
         ctx[STORE_CTX_KEY] = RedisJobStore(ctx["redis"], ttl_s=record_ttl_s)
+        ctx[ENQUEUER_CTX_KEY] = ArqEnqueuer(
+            registry, ctx["redis"], record_ttl_s=record_ttl_s, queue_name=queue_name or default_queue_name
+        )
         ctx[OBSERVERS_CTX_KEY] = tuple(observers)
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         beat = asyncio.create_task(_beat(ctx["redis"], worker_id, heartbeat_interval_s), name="herald-heartbeat")
         stack.push_async_callback(_stop_beat, beat, ctx["redis"], worker_id)
+        upkeep = asyncio.create_task(
+            _maintain(ctx["redis"], ctx[STORE_CTX_KEY], queue_name or default_queue_name, poll_delay_s),
+            name="herald-promoter",
+        )
+        stack.push_async_callback(_cancel_and_wait, upkeep)
         if extra_startup is not None:
             await extra_startup(ctx)
         logger.info("worker %s ready for %s", worker_id, ", ".join(t.name for t in tasks))
@@ -212,6 +272,27 @@ def worker_options(
     if queue_name is not None:
         options["queue_name"] = queue_name
     return options
+
+
+async def _maintain(redis: Redis, store: RedisJobStore, queue_name: str, poll_delay_s: float) -> None:
+    """Move deferred jobs onto arq's queue when due and expire the ones past expires_at, until cancelled."""
+    while True:
+        next_due_ms: int | None = None
+        try:
+            _, next_due_ms = await promote_due(redis, queue_name=queue_name)
+            await expire_due(redis, store, queue_name=queue_name)
+        except (RedisError, OSError) as exc:  # the poll loop notices a lost Redis; this one waits
+            logger.warning("promoting deferred jobs failed: %s", type(exc).__name__)
+        wait_s = MAINTAIN_MAX_SLEEP_S
+        if next_due_ms is not None:
+            wait_s = min(wait_s, max(poll_delay_s, next_due_ms / 1000 - time.time()))
+        await asyncio.sleep(wait_s)
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _stop_beat(beat: asyncio.Task[None], redis: Redis, worker_id: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from email.headerregistry import Address
 from email.utils import parseaddr
 from typing import Annotated, Any, Literal
@@ -19,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.errors import ConfigError
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 MIN_WEBHOOK_SECRET_BYTES = 24
@@ -36,6 +39,7 @@ class Settings(BaseSettings):
     WORKER_POLL_DELAY_S: PositiveSeconds = 0.1
     HEARTBEAT_INTERVAL_S: PositiveSeconds = 10.0
     CRON_ENABLED: bool = True
+    TASK_MODULES: str = ""
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -99,6 +103,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must decode to at least {MIN_WEBHOOK_SECRET_BYTES} bytes")
         return value
 
+    @field_validator("TASK_MODULES")
+    @classmethod
+    def _task_modules_format(cls, value: str) -> str:
+        for path in task_module_paths(value):
+            module, _, attribute = path.partition(":")
+            if not (_DOTTED.fullmatch(module) and attribute.isidentifier()):
+                raise ValueError(f"{path!r} is not 'package.module:attribute' (comma-separated for several)")
+        return value
+
     @field_validator("REDIS_URL")
     @classmethod
     def _redis_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
@@ -121,6 +134,11 @@ class Settings(BaseSettings):
         display_name, addr = parseaddr(self.EMAIL_FROM)
         username, _, domain = addr.rpartition("@")
         return Address(display_name=display_name, username=username, domain=domain)
+
+
+def task_module_paths(value: str) -> list[str]:
+    """``TASK_MODULES`` split into its ``module:attribute`` entries."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def get_settings(**overrides: Any) -> Settings:

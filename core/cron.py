@@ -16,6 +16,7 @@ tick once, not every tick it slept through.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from cronsim import CronSim, CronSimError
 from redis.asyncio import Redis
@@ -35,6 +36,7 @@ logger = logging.getLogger("herald.cron")
 Ctx = TypeVar("Ctx")
 
 LEASE_PREFIX = "herald:cron:"
+HISTORY_KEY = "herald:cron-runs"
 MIN_LEASE_TTL_S = 86_400.0  # a tick's key outlives any plausible clock skew
 DEFAULT_JOB_TIMEOUT_S = 300.0
 STOP_WAIT_S = 2.0
@@ -159,6 +161,68 @@ class RedisLease:
         return bool(await self._redis.set(self.key(name, tick), self._owner, nx=True, px=ttl_ms))
 
 
+@dataclass(frozen=True, slots=True)
+class CronRun:
+    """How a cron job's latest run went: its tick, ``succeeded`` / ``failed`` / ``timed_out``, and when it ended."""
+
+    tick: datetime
+    outcome: str
+    finished_at: datetime
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "tick": self.tick.isoformat(),
+                "outcome": self.outcome,
+                "finished_at": self.finished_at.isoformat(),
+                "error": self.error,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> CronRun:
+        data = json.loads(raw)
+        return cls(
+            tick=datetime.fromisoformat(data["tick"]),
+            outcome=data["outcome"],
+            finished_at=datetime.fromisoformat(data["finished_at"]),
+            error=data.get("error"),
+        )
+
+
+class CronHistory(Protocol):
+    async def record(self, name: str, run: CronRun) -> None: ...
+
+    async def latest(self) -> dict[str, CronRun]: ...
+
+
+class MemoryCronHistory:
+    def __init__(self) -> None:
+        self._runs: dict[str, CronRun] = {}
+
+    async def record(self, name: str, run: CronRun) -> None:
+        self._runs[name] = run
+
+    async def latest(self) -> dict[str, CronRun]:
+        return dict(self._runs)
+
+
+class RedisCronHistory:
+    """The latest run of each cron job in one hash, ``herald:cron-runs``, shared by every process."""
+
+    def __init__(self, redis: Redis, *, key: str = HISTORY_KEY) -> None:
+        self._redis = redis
+        self._key = key
+
+    async def record(self, name: str, run: CronRun) -> None:
+        await cast(Awaitable[int], self._redis.hset(self._key, name, run.to_json()))  # redis-py types sync|async
+
+    async def latest(self) -> dict[str, CronRun]:
+        raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(self._key))
+        return {name.decode(): CronRun.from_json(value) for name, value in raw.items()}
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
@@ -198,7 +262,9 @@ class CronScheduler(Generic[Ctx]):
         *,
         clock: Clock | None = None,
         stop_wait_s: float = STOP_WAIT_S,
+        history: CronHistory | None = None,
     ) -> None:
+        self._history = history
         self._jobs = list(jobs)
         self._lease = lease
         self._ctx_factory = ctx_factory
@@ -272,13 +338,22 @@ class CronScheduler(Generic[Ctx]):
 
     async def _run(self, job: CronJob[Ctx], tick: datetime) -> None:
         deadline = asyncio.timeout(job.timeout_s)
+        outcome, error = "succeeded", None
         try:
             async with deadline:
                 result = await job.function(self._ctx_factory())
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
+                outcome, error = "timed_out", f"timed out after {job.timeout_s:g}s"
                 logger.error("cron job %s (tick %s) timed out after %gs", job.name, tick.isoformat(), job.timeout_s)
             else:
+                outcome, error = "failed", f"{type(exc).__name__}: {exc}"[:500]
                 logger.exception("cron job %s (tick %s) failed", job.name, tick.isoformat())
         else:
             logger.info("cron job %s (tick %s) done: %s", job.name, tick.isoformat(), result)
+        if self._history is not None:
+            run = CronRun(tick=tick, outcome=outcome, finished_at=self._clock.now(), error=error)
+            try:
+                await self._history.record(job.name, run)
+            except Exception as exc:  # the history is for people; never let it stop the schedule
+                logger.warning("cron job %s: could not record its run (%s)", job.name, type(exc).__name__)

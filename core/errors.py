@@ -82,3 +82,29 @@ class RetryableError(TaskError):
 
 class PermanentError(TaskError):
     """A failure no retry can fix (refused address, 4xx answer, 5xx SMTP reply)."""
+
+
+class JobNotFinishedError(HeraldError, TimeoutError):
+    """``result(timeout=...)`` ran out of time before the job finished."""
+
+
+class JobUnsuccessfulError(HeraldError):
+    """The job ended without a result: failed, cancelled or expired. ``state`` and ``error`` say how."""
+
+    def __init__(self, job_id: str, state: str, error: str | None) -> None:
+        super().__init__(f"job {job_id} {state}" + (f": {error}" if error else ""))
+        self.job_id = job_id
+        self.state = state
+        self.error = error
+
+
+class NotCancellableError(HeraldError):
+    """The job has started or finished; the message says which."""
+
+
+class UnknownJobError(HeraldError, LookupError):
+    """No job is kept under this id (never existed, or its record expired)."""
+
+
+class TaskModuleNotStartedError(HeraldError, RuntimeError):
+    """A task was enqueued before its TaskSet was bound to a running backend (the app's lifespan binds it)."""

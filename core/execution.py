@@ -6,6 +6,7 @@ Shared by every backend, so a task behaves the same in-process and on a durable 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -20,6 +21,8 @@ from core.observe import AttemptReport, Phase, report
 from core.registry import TaskDef
 
 logger = logging.getLogger("herald.jobs")
+
+MAX_RESULT_BYTES = 256 * 1024  # a result is kept in the job's record, so it must stay small
 
 
 class Verdict(StrEnum):
@@ -93,7 +96,10 @@ async def _attempt(
             logger.exception("task %s raised an unexpected error", task.name, extra={"job_id": ctx["job_id"]})
             error = PermanentError(f"internal error in task {task.name}: {type(exc).__name__}")
     else:
-        return Outcome(Verdict.SUCCEEDED, result=result)
+        problem = _unstorable(result)
+        if problem is None:
+            return Outcome(Verdict.SUCCEEDED, result=result)
+        error = PermanentError(f"task {task.name} returned {problem}")
 
     if isinstance(error, RetryableError) and policy.should_retry(attempt):
         delay = policy.delay_s(attempt, retry_after_s=error.retry_after_s, rng=rng)
@@ -101,3 +107,14 @@ async def _attempt(
     if isinstance(error, RetryableError):
         return Outcome(Verdict.FAILED, error=f"gave up after {attempt} attempts: {error.reason}")
     return Outcome(Verdict.FAILED, error=error.reason)
+
+
+def _unstorable(result: Any) -> str | None:
+    """Why ``result`` cannot be kept as the job's result (JSON, bounded), or None if it can."""
+    try:
+        size = len(json.dumps(result, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        return f"a result that is not JSON-able ({exc})"
+    if size > MAX_RESULT_BYTES:
+        return f"a result of {size} bytes as JSON; at most {MAX_RESULT_BYTES} are kept"
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from core.backend import AfterResponse, Enqueued
+from core.context import PROGRESS_CTX_KEY, TaskContext
 from core.documents import Claim, Document, MemoryDocumentStore
 from core.errors import DuplicateJobError, NotRetryableError, QueueClosedError, QueueFullError
 from core.execution import Verdict, run_attempt
@@ -31,6 +33,8 @@ from core.store import MemoryJobStore
 logger = logging.getLogger("herald.jobs")
 
 WORKER_CANCEL_WAIT_S = 1.0
+PROGRESS_EVERY_S = 0.2  # progress reports closer together than this update the record in memory only
+EXPIRED_NOTE = "not started before its expires_at"
 
 
 @dataclass(slots=True)
@@ -62,9 +66,12 @@ class InlineBackend:
         self._resources = {**resources, OBSERVERS_CTX_KEY: tuple(observers)}
         self._concurrency = concurrency
         self._max_unfinished = max_unfinished
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        # (priority rank, arrival) first: an urgent job overtakes every waiting normal one
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
         self._unfinished: dict[str, _Job] = {}  # accepted and not finished, handed off or not
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -167,9 +174,10 @@ class InlineBackend:
             async with asyncio.timeout(grace_s):
                 await self._idle.wait()
         left = list(self._unfinished.values())
-        for handle in self._timers.values():
+        for handle in [*self._timers.values(), *self._expiry_timers.values()]:
             handle.cancel()
         self._timers.clear()
+        self._expiry_timers.clear()
         for worker in self._workers:
             worker.cancel()
         if self._workers:  # bounded: a task that swallows CancelledError must not hang shutdown
@@ -194,16 +202,33 @@ class InlineBackend:
         for job in jobs:
             if job.record.id not in self._unfinished:  # stop() or cancel() got to it first
                 continue
+            if job.spec.expires_at is not None:
+                expires_in_s = max(0.0, (job.spec.expires_at - utcnow()).total_seconds())
+                self._expiry_timers[job.record.id] = loop.call_later(expires_in_s, self._expire, job)
             wait_s = (job.spec.defer_until - utcnow()).total_seconds() if job.spec.defer_until else 0.0
             if wait_s > 0:
                 self._timers[job.record.id] = loop.call_later(wait_s, self._requeue, job)
             else:
-                self._queue.put_nowait(job)
+                self._put(job)
+
+    def _put(self, job: _Job) -> None:
+        self._queue.put_nowait((job.spec.priority.rank, next(self._arrivals), job))
+
+    def _expire(self, job: _Job) -> None:
+        self._expiry_timers.pop(job.record.id, None)
+        if job.record.id in self._unfinished and job.record.state in CANCELLABLE:
+            timer = self._timers.pop(job.record.id, None)
+            if timer is not None:
+                timer.cancel()
+            asyncio.get_running_loop().create_task(self._finish(job, JobState.EXPIRED, EXPIRED_NOTE))
 
     async def _work(self) -> None:
         while True:
-            job = await self._queue.get()
+            _, _, job = await self._queue.get()
             if job.record.id not in self._unfinished:  # cancelled while it waited
+                continue
+            if job.record.is_expired():  # its timer has not run yet: never start it late
+                await self._finish(job, JobState.EXPIRED, EXPIRED_NOTE)
                 continue
             try:
                 await self._attempt(job)
@@ -218,10 +243,11 @@ class InlineBackend:
 
     async def _attempt(self, job: _Job) -> None:
         record = job.record
-        record.attempts += 1
-        record.move_to(JobState.RUNNING)
+        record.start_attempt()
         await self.store.save(record)
-        ctx = {**self._resources, "job_id": record.id, "job_try": record.attempts}
+        ctx = TaskContext(
+            self._resources, job_id=record.id, job_try=record.attempts, **{PROGRESS_CTX_KEY: self._progress_sink(job)}
+        )
         started = time.perf_counter()
         try:
             outcome = await run_attempt(job.task, ctx, job.spec.args, job.spec.kwargs)
@@ -238,6 +264,10 @@ class InlineBackend:
         }
         if outcome.verdict is Verdict.SUCCEEDED:
             logger.info("job %s succeeded in %.3fs", record.id, elapsed_s, extra=log_extra)
+            record.result = outcome.result
+            following = job.spec.next_step(outcome.result)
+            if following is not None:  # before finishing, so a drain still waits for the chain
+                self._continue_with(following)
             await self._finish(job, JobState.SUCCEEDED, None)
         elif outcome.verdict is Verdict.RETRY and outcome.retry_in_s is not None:
             logger.warning(
@@ -257,12 +287,36 @@ class InlineBackend:
             logger.warning("job %s failed: %s", record.id, outcome.error, extra=log_extra)
             await self._finish(job, JobState.FAILED, outcome.error)
 
+    def _continue_with(self, spec: JobSpec) -> None:
+        """A chain's next step: accepted as part of work already accepted (no limit, even while draining)."""
+        job = self._job(spec)
+        self.documents.put(spec.as_document().key, spec.as_document().value)
+        self._unfinished[job.record.id] = job
+        self._idle.clear()
+        self.store.put(job.record)
+        self._put(job)
+
+    def _progress_sink(self, job: _Job) -> Any:
+        last_saved = [0.0]
+
+        async def record_progress(value: dict[str, Any]) -> None:
+            job.record.progress = value
+            now = time.monotonic()
+            if now - last_saved[0] >= PROGRESS_EVERY_S:
+                last_saved[0] = now
+                await self.store.save(job.record)
+
+        return record_progress
+
     def _requeue(self, job: _Job) -> None:
         self._timers.pop(job.record.id, None)
-        self._queue.put_nowait(job)
+        self._put(job)
 
     async def _finish(self, job: _Job, state: JobState, error: str | None) -> None:
         job.record.move_to(state, error=error)
+        expiry = self._expiry_timers.pop(job.record.id, None)
+        if expiry is not None:
+            expiry.cancel()
         self._unfinished.pop(job.record.id, None)
         self._set_idle_if_done()
         await self.store.save(job.record)

@@ -19,14 +19,39 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
     @property
     def is_terminal(self) -> bool:
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-CANCELLABLE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING})
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
+CANCELLABLE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING})  # not started (or between tries)
+
+# Priority bands on arq's queue, whose score is the ms a job is due and the order jobs are picked in:
+# a band moves a job's score this far into the past, so every due urgent job sorts before every due
+# high one, and so on, as long as no job waits longer than a band (about 3 years).
+PRIORITY_BAND_MS = 100_000_000_000
+
+
+class Priority(StrEnum):
+    URGENT = "urgent"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for urgent, 3 for low: lower runs first."""
+        return _RANKS[self]
+
+    @property
+    def band_ms(self) -> int:
+        return (3 - self.rank) * PRIORITY_BAND_MS
+
+
+_RANKS = {Priority.URGENT: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
 
 
 class JobContext(TypedDict):
@@ -34,6 +59,24 @@ class JobContext(TypedDict):
 
     job_id: str
     job_try: int
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A later step of a chain: run ``task(ctx, <previous result>, *args, **kwargs)`` as ``job_id``."""
+
+    task: str
+    job_id: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> list[Any]:
+        return [self.task, self.job_id, list(self.args), self.kwargs]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Step:
+        task, job_id, args, kwargs = data
+        return cls(task, job_id, tuple(args), kwargs)
 
 
 def spec_key(job_id: str) -> str:
@@ -57,25 +100,61 @@ class JobSpec:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     defer_until: datetime | None = None
+    priority: Priority = Priority.NORMAL
+    expires_at: datetime | None = None
+    then: tuple[Step, ...] = ()  # the rest of a chain, run one after another on success
+    parent: str | None = None  # the chain or group this job belongs to
 
     def __post_init__(self) -> None:
         try:
-            json.dumps([self.args, self.kwargs], allow_nan=False)
+            json.dumps([self.args, self.kwargs, [step.to_json() for step in self.then]], allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"arguments of task {self.task!r} must be JSON-able: {exc}") from None
-        if self.defer_until is not None and self.defer_until.tzinfo is None:
-            raise ValueError("defer_until must be timezone-aware")
+        for name in ("defer_until", "expires_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} must be timezone-aware")
 
     def as_document(self) -> Document:
-        """The spec kept beside its record, so the job can be run again later (a re-run of a failure)."""
-        return Document(spec_key(self.job_id), {"task": self.task, "args": list(self.args), "kwargs": self.kwargs})
+        """The spec kept beside its record, so the job can be run again later (a re-run, a chain's next step)."""
+        value: dict[str, Any] = {"task": self.task, "args": list(self.args), "kwargs": self.kwargs}
+        if self.priority is not Priority.NORMAL:
+            value["priority"] = self.priority.value
+        if self.then:
+            value["then"] = [step.to_json() for step in self.then]
+        if self.parent is not None:
+            value["parent"] = self.parent
+        return Document(spec_key(self.job_id), value)
 
     @classmethod
     def from_document(cls, job_id: str, value: dict[str, Any]) -> JobSpec:
-        return cls(task=value["task"], job_id=job_id, args=tuple(value["args"]), kwargs=value["kwargs"])
+        return cls(
+            task=value["task"],
+            job_id=job_id,
+            args=tuple(value["args"]),
+            kwargs=value["kwargs"],
+            priority=Priority(value.get("priority", Priority.NORMAL)),
+            then=tuple(Step.from_json(step) for step in value.get("then", ())),
+            parent=value.get("parent"),
+        )
 
     def is_deferred(self, now: datetime | None = None) -> bool:
         return self.defer_until is not None and self.defer_until > (now or utcnow())
+
+    def next_step(self, result: Any) -> JobSpec | None:
+        """The chain's next job, given this one's result; None at the end of the chain."""
+        if not self.then:
+            return None
+        step, *rest = self.then
+        return JobSpec(
+            task=step.task,
+            job_id=step.job_id,
+            args=(result, *step.args),
+            kwargs=step.kwargs,
+            priority=self.priority,
+            then=tuple(rest),
+            parent=self.parent,
+        )
 
 
 @dataclass(slots=True)
@@ -92,14 +171,37 @@ class JobRecord:
     updated_at: datetime = field(default_factory=utcnow)
     next_attempt_at: datetime | None = None
     finished_at: datetime | None = None
+    started_at: datetime | None = None
+    priority: Priority = Priority.NORMAL
+    expires_at: datetime | None = None
+    parent: str | None = None
+    result: Any = None
+    progress: dict[str, Any] | None = None
 
     @classmethod
     def accepted(cls, spec: JobSpec, *, task: str, max_attempts: int) -> JobRecord:
         """The first record of a job: ``scheduled`` if its spec is deferred, else ``queued``."""
-        record = cls(id=spec.job_id, task=task, max_attempts=max_attempts)
+        record = cls(
+            id=spec.job_id,
+            task=task,
+            max_attempts=max_attempts,
+            priority=spec.priority,
+            expires_at=spec.expires_at,
+            parent=spec.parent,
+        )
         if spec.is_deferred():
             record.move_to(JobState.SCHEDULED, next_attempt_at=spec.defer_until)
         return record
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        """Past its ``expires_at`` without having finished: it must not start (again)."""
+        return self.expires_at is not None and not self.state.is_terminal and self.expires_at <= (now or utcnow())
+
+    def start_attempt(self) -> None:
+        self.attempts += 1
+        self.move_to(JobState.RUNNING)
+        if self.started_at is None:
+            self.started_at = self.updated_at
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +215,12 @@ class JobRecord:
             "updated_at": self.updated_at.isoformat(),
             "next_attempt_at": _iso(self.next_attempt_at),
             "finished_at": _iso(self.finished_at),
+            "started_at": _iso(self.started_at),
+            "priority": self.priority.value,
+            "expires_at": _iso(self.expires_at),
+            "parent": self.parent,
+            "result": self.result,
+            "progress": self.progress,
         }
 
     @classmethod
@@ -128,6 +236,12 @@ class JobRecord:
             updated_at=datetime.fromisoformat(data["updated_at"]),
             next_attempt_at=_parse(data.get("next_attempt_at")),
             finished_at=_parse(data.get("finished_at")),
+            started_at=_parse(data.get("started_at")),
+            priority=Priority(data.get("priority", Priority.NORMAL)),
+            expires_at=_parse(data.get("expires_at")),
+            parent=data.get("parent"),
+            result=data.get("result"),
+            progress=data.get("progress"),
         )
 
     def move_to(self, state: JobState, *, error: str | None = None, next_attempt_at: datetime | None = None) -> None:

@@ -34,8 +34,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 
+from core.arq_enqueue import DEFERRED_KEY, FAR_FUTURE_MS
 from core.arq_worker import RUNNING_KEY
 from core.inline import InlineBackend
+from core.jobs import PRIORITY_BAND_MS, Priority
 from core.observe import AttemptReport
 
 logger = logging.getLogger("herald.metrics")
@@ -163,13 +165,15 @@ def inline_queue_probe(backend: InlineBackend) -> QueueProbe:
     return probe
 
 
-# arq keeps a job in its queue (scored with the ms it is due) while a worker runs it, and run_job lists
-# running jobs in herald:running; those are left out of "due". Read in one script, so one state.
-# KEYS: arq's queue, herald:running. ARGV: now in ms. Returns due, scheduled, oldest due score or nil.
+# arq keeps a job in its queue (scored with the ms it is due, moved back by its priority band; see
+# core/arq_enqueue.py) while a worker runs it, and run_job lists running jobs in herald:running; those
+# are left out of "due". Jobs due later wait in herald:deferred. Read in one script, so one state.
+# KEYS: arq's queue, herald:running, herald:deferred. ARGV: now ms, band ms, far-future ms, #bands.
+# Returns due, scheduled, and the oldest due job's wait in ms (as a string) or nil.
 _QUEUE_SNAPSHOT: Final = """
-local now = tonumber(ARGV[1])
+local now, band, far, n_bands = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local due = redis.call('ZCOUNT', KEYS[1], '-inf', now)
-local scheduled = redis.call('ZCARD', KEYS[1]) - due
+local scheduled = redis.call('ZCARD', KEYS[3]) + redis.call('ZCOUNT', KEYS[1], '(' .. now, now + far)
 local running, running_due = {}, 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local score = redis.call('ZSCORE', KEYS[1], id)
@@ -178,26 +182,33 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     running_due = running_due + 1
   end
 end
-local head = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, running_due + 1)
 local oldest = false
-for i = 1, #head, 2 do
-  if not running[head[i]] then
-    oldest = head[i + 1]
-    break
+for k = 0, n_bands - 1 do
+  local low, high = now - k * band - band / 2, math.min(now, now - k * band + band / 2)
+  local head = redis.call('ZRANGEBYSCORE', KEYS[1], low, high, 'WITHSCORES', 'LIMIT', 0, running_due + 1)
+  for i = 1, #head, 2 do
+    if not running[head[i]] then
+      local wait = now - (tonumber(head[i + 1]) + k * band)
+      if not oldest or wait > oldest then oldest = wait end
+      break
+    end
   end
 end
-return {due - running_due, scheduled, oldest}
+return {due - running_due, scheduled, oldest and tostring(oldest)}
 """
 
 
 def arq_queue_probe(redis: Redis, *, queue_name: str = default_queue_name) -> QueueProbe:
-    """arq's queue in Redis: due entries (score <= now) not being run, later ones, the oldest due one's age."""
+    """arq's queue in Redis: due entries not being run, later ones, and how long the oldest due one has waited."""
     script = redis.register_script(_QUEUE_SNAPSHOT)
 
     async def probe() -> QueueSnapshot:
         now_ms = int(time.time() * 1000)
-        due, scheduled, oldest_ms = await script(keys=[queue_name, RUNNING_KEY], args=[now_ms])
-        oldest_s = (now_ms - float(oldest_ms)) / 1000 if oldest_ms is not None else 0.0
+        due, scheduled, oldest_ms = await script(
+            keys=[queue_name, RUNNING_KEY, DEFERRED_KEY],
+            args=[now_ms, PRIORITY_BAND_MS, FAR_FUTURE_MS // 2, len(Priority)],
+        )
+        oldest_s = float(oldest_ms) / 1000 if oldest_ms is not None else 0.0
         return QueueSnapshot(due=max(int(due), 0), scheduled=int(scheduled), oldest_due_age_s=max(oldest_s, 0.0))
 
     return probe

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.jobs import Priority
 from core.retry import RetryPolicy
 
 TaskFunction = Callable[..., Awaitable[Any]]
@@ -20,6 +21,13 @@ class TaskDef:
     name: str
     function: TaskFunction
     policy: RetryPolicy
+    priority: Priority = Priority.NORMAL
+
+    @property
+    def summary(self) -> str:
+        """The first line of the function's docstring."""
+        doc = (self.function.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
 
 
 class UnknownTaskError(KeyError):
@@ -30,13 +38,21 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDef] = {}
 
-    def register(self, function: TaskFunction, *, policy: RetryPolicy, name: str | None = None) -> TaskDef:
+    def register(
+        self,
+        function: TaskFunction,
+        *,
+        policy: RetryPolicy,
+        name: str | None = None,
+        priority: Priority = Priority.NORMAL,
+    ) -> TaskDef:
         """Register ``function`` (an ``async def f(ctx, ...)``) under ``name`` (default: its own name)."""
-        task_name = name or function.__name__
-        if task_name in self._tasks:
-            raise ValueError(f"task {task_name!r} is already registered")
-        task = TaskDef(name=task_name, function=function, policy=policy)
-        self._tasks[task_name] = task
+        return self.add(TaskDef(name=name or function.__name__, function=function, policy=policy, priority=priority))
+
+    def add(self, task: TaskDef) -> TaskDef:
+        if task.name in self._tasks:
+            raise ValueError(f"task {task.name!r} is already registered")
+        self._tasks[task.name] = task
         return task
 
     def get(self, name: str) -> TaskDef:

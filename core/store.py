@@ -53,6 +53,10 @@ class MemoryJobStore:
         self._ttl = timedelta(seconds=ttl_s)
 
     async def save(self, record: JobRecord) -> None:
+        self.put(record)
+
+    def put(self, record: JobRecord) -> None:
+        """``save`` without awaiting, for writes that must not be interleaved with other tasks."""
         # A copy, as a remote store would keep: callers may change their object before save_if.
         self._records[record.id] = replace(record)
         if not record.state.is_terminal:

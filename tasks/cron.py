@@ -19,7 +19,7 @@ from arq.constants import default_queue_name
 from redis.asyncio import Redis
 
 from core.arq_recovery import prune_heartbeats, requeue_stuck
-from core.cron import CronSchedule, CronScheduler, MemoryLease, RedisLease
+from core.cron import CronHistory, CronSchedule, CronScheduler, MemoryLease, RedisLease
 from core.documents import MemoryDocumentStore
 from core.store import MemoryJobStore
 
@@ -70,14 +70,20 @@ def build_cron_schedule() -> CronSchedule[CronContext]:
     return schedule
 
 
-def inline_cron(store: MemoryJobStore, documents: MemoryDocumentStore) -> CronScheduler[CronContext]:
+def inline_cron(
+    store: MemoryJobStore, documents: MemoryDocumentStore, *, history: CronHistory | None = None
+) -> CronScheduler[CronContext]:
     """The in-process scheduler: one process, so an in-memory lease."""
     ctx: InlineCronContext = {"mode": "inline", "store": store, "documents": documents}
-    return CronScheduler(build_cron_schedule(), MemoryLease(), lambda: ctx)
+    return CronScheduler(build_cron_schedule(), MemoryLease(), lambda: ctx, history=history)
 
 
 def arq_cron(
-    redis: Redis, *, heartbeat_max_age_s: float, queue_name: str = default_queue_name
+    redis: Redis,
+    *,
+    heartbeat_max_age_s: float,
+    queue_name: str = default_queue_name,
+    history: CronHistory | None = None,
 ) -> CronScheduler[CronContext]:
     """A worker's scheduler: every worker runs one, and the Redis lease picks one per tick."""
     ctx: ArqCronContext = {
@@ -86,4 +92,4 @@ def arq_cron(
         "queue_name": queue_name,
         "heartbeat_max_age_s": heartbeat_max_age_s,
     }
-    return CronScheduler(build_cron_schedule(), RedisLease(redis), lambda: ctx)
+    return CronScheduler(build_cron_schedule(), RedisLease(redis), lambda: ctx, history=history)

@@ -32,6 +32,7 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 _STATUS_OF_JOB = {
@@ -42,11 +43,12 @@ _STATUS_OF_JOB = {
     JobState.SUCCEEDED: DeliveryStatus.DELIVERED,
     JobState.FAILED: DeliveryStatus.FAILED,
     JobState.CANCELLED: DeliveryStatus.CANCELLED,
+    JobState.EXPIRED: DeliveryStatus.EXPIRED,
 }
 
 
 NotificationStatus = Literal[
-    "queued", "scheduled", "in_progress", "delivered", "failed", "partially_delivered", "cancelled"
+    "queued", "scheduled", "in_progress", "delivered", "failed", "partially_delivered", "cancelled", "expired"
 ]
 
 
@@ -398,6 +400,8 @@ def overall_status(statuses: list[DeliveryStatus]) -> NotificationStatus:
         return "delivered"
     if unique == {DeliveryStatus.CANCELLED}:
         return "cancelled"
+    if unique == {DeliveryStatus.EXPIRED}:
+        return "expired"
     if DeliveryStatus.DELIVERED in unique:
         return "partially_delivered"
     return "failed"

@@ -1,17 +1,21 @@
-"""Every task Herald's workers run, with its retry policy, in one visible place."""
+"""Every task Herald's workers run, with its retry policy, in one visible place (and the app's own TaskSets)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from core.config import Settings
 from core.registry import TaskRegistry
 from core.retry import RetryPolicy
+from core.taskset import TaskSet
 from tasks.delivery import send_email, send_webhook
 from tasks.messages import Channel
 
 TASK_FOR_CHANNEL = {Channel.EMAIL: send_email.__name__, Channel.WEBHOOK: send_webhook.__name__}
 
 
-def build_registry(settings: Settings) -> TaskRegistry:
+def build_registry(settings: Settings, task_sets: Sequence[TaskSet] = ()) -> TaskRegistry:
+    """Herald's delivery tasks, then the application's own (``task_sets``)."""
     registry = TaskRegistry()
     registry.register(
         send_email,
@@ -31,4 +35,6 @@ def build_registry(settings: Settings) -> TaskRegistry:
             max_delay_s=settings.RETRY_MAX_DELAY_S,
         ),
     )
+    for task_set in task_sets:
+        task_set.register(registry)
     return registry

@@ -24,14 +24,19 @@ from typing import Any
 from arq.connections import RedisSettings
 from prometheus_client import CollectorRegistry
 
+from core.arq_backend import ArqBackend
 from core.arq_worker import EmbeddedWorker, worker_options
 from core.config import Settings, get_settings
-from core.cron import CronScheduler
+from core.cron import CronScheduler, RedisCronHistory, RedisLease
 from core.errors import ConfigError
+from core.loading import load_task_sets
 from core.logging import configure_logging
 from core.metrics import MetricsServer
 from core.observe import Observer
-from tasks.cron import CronContext, arq_cron
+from core.queue import TaskQueue
+from core.registry import TaskRegistry
+from core.taskset import TaskSet, task_set_cron
+from tasks.cron import arq_cron
 from tasks.metrics import delivery_metrics
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
@@ -44,16 +49,31 @@ HEARTBEAT_MAX_AGE_INTERVALS = 3  # as /readyz counts live workers
 
 
 def build_worker_options(
-    settings: Settings, *, observers: Sequence[Observer] = (), metrics_server: MetricsServer | None = None
+    settings: Settings,
+    *,
+    task_sets: Sequence[TaskSet] | None = None,
+    bind_task_sets: bool = True,
+    observers: Sequence[Observer] = (),
+    metrics_server: MetricsServer | None = None,
 ) -> dict[str, Any]:
-    """arq Worker options; ``observers`` see every attempt, ``metrics_server`` starts with the worker."""
+    """arq Worker options; ``observers`` see every attempt, ``metrics_server`` starts with the worker.
+
+    ``task_sets`` default to those named in TASK_MODULES. With ``bind_task_sets`` (a worker in its
+    own process), their ``.enqueue()`` goes to this worker's Redis, so a job can enqueue another;
+    an embedded worker leaves them bound to the web app's backend.
+    """
     if settings.REDIS_URL is None:
         raise ConfigError("invalid configuration: REDIS_URL: the worker needs Redis")
-    start, stop = _cron_hooks(settings) if settings.CRON_ENABLED else (None, None)
+    if task_sets is None:
+        task_sets = load_task_sets(settings.TASK_MODULES)
+    registry = build_registry(settings, task_sets)
+    start, stop = _cron_hooks(settings, task_sets) if settings.CRON_ENABLED else (None, None)
+    if bind_task_sets and task_sets:
+        start, stop = _binding(settings, registry, task_sets, then=(start, stop))
     if metrics_server is not None:
         start = _serving_metrics(metrics_server, then=start)
     return worker_options(
-        build_registry(settings),
+        registry,
         functools.partial(delivery_resources, settings),
         redis_settings=RedisSettings.from_dsn(settings.REDIS_URL.get_secret_value()),
         max_jobs=settings.WORKER_MAX_JOBS,
@@ -85,20 +105,66 @@ def _serving_metrics(server: MetricsServer, *, then: WorkerHook | None) -> Worke
     return start
 
 
-def _cron_hooks(settings: Settings) -> tuple[WorkerHook, WorkerHook]:
-    """Start this worker's cron scheduler with the worker, stop it before the worker's resources close."""
+def _cron_hooks(settings: Settings, task_sets: Sequence[TaskSet]) -> tuple[WorkerHook, WorkerHook]:
+    """Start this worker's cron schedulers (Herald's and the app's) with the worker, stop them before
+    the worker's resources close."""
 
     async def start(ctx: dict[str, Any]) -> None:
-        scheduler = arq_cron(
-            ctx["redis"], heartbeat_max_age_s=HEARTBEAT_MAX_AGE_INTERVALS * settings.HEARTBEAT_INTERVAL_S
-        )
-        ctx[CRON_CTX_KEY] = scheduler
-        await scheduler.start()
+        history = RedisCronHistory(ctx["redis"])
+        schedulers: list[CronScheduler[Any]] = [
+            arq_cron(
+                ctx["redis"],
+                heartbeat_max_age_s=HEARTBEAT_MAX_AGE_INTERVALS * settings.HEARTBEAT_INTERVAL_S,
+                history=history,
+            )
+        ]
+        resources = {k: v for k, v in ctx.items() if k not in ("job_id", "job_try")}
+        own = task_set_cron(task_sets, RedisLease(ctx["redis"]), resources=resources, history=history)
+        if own is not None:
+            schedulers.append(own)
+        ctx[CRON_CTX_KEY] = schedulers
+        for scheduler in schedulers:
+            await scheduler.start()
 
     async def stop(ctx: dict[str, Any]) -> None:
-        scheduler: CronScheduler[CronContext] | None = ctx.pop(CRON_CTX_KEY, None)
-        if scheduler is not None:
+        schedulers: list[CronScheduler[Any]] = ctx.pop(CRON_CTX_KEY, [])
+        for scheduler in schedulers:
             await scheduler.stop()
+
+    return start, stop
+
+
+def _binding(
+    settings: Settings,
+    registry: TaskRegistry,
+    task_sets: Sequence[TaskSet],
+    *,
+    then: tuple[WorkerHook | None, WorkerHook | None],
+) -> tuple[WorkerHook, WorkerHook]:
+    """Bind ``task_sets`` to this worker's Redis at start-up (after ``then[0]``), unbind at shutdown."""
+    then_start, then_stop = then
+
+    async def start(ctx: dict[str, Any]) -> None:
+        backend = ArqBackend(
+            registry,
+            ctx["redis"],
+            record_ttl_s=settings.RECORD_TTL_S,
+            heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
+        )
+        await backend.start()
+        queue = TaskQueue(backend, registry, key_ttl_s=settings.IDEMPOTENCY_TTL_S)
+        for task_set in task_sets:
+            task_set.bind(queue)
+        if then_start is not None:
+            await then_start(ctx)
+
+    async def stop(ctx: dict[str, Any]) -> None:
+        try:
+            if then_stop is not None:
+                await then_stop(ctx)
+        finally:
+            for task_set in task_sets:
+                task_set.bind(None)
 
     return start, stop
 
@@ -110,11 +176,11 @@ class _FromEnvironment(dict[str, Any]):
         if not self:
             try:
                 settings = get_settings()
+                configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+                options, _ = process_worker_options(settings)  # the metrics thread lives as long as the process
             except ConfigError as exc:
                 sys.stderr.write(f"herald worker: {exc}\n")
                 raise SystemExit(2) from None
-            configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-            options, _ = process_worker_options(settings)  # the metrics thread lives as long as the process
             self.update(options)
         return super().items()
 
@@ -143,6 +209,7 @@ def main() -> None:
         settings = get_settings()
         if settings.REDIS_URL is None:
             raise ConfigError("invalid configuration: REDIS_URL: the worker needs Redis")
+        load_task_sets(settings.TASK_MODULES)  # a bad TASK_MODULES stops it here, with its message
     except ConfigError as exc:
         sys.stderr.write(f"herald worker: {exc}\n")
         raise SystemExit(2) from None

@@ -16,7 +16,7 @@ def test_every_setting_is_documented_with_its_default() -> None:
         assert name in rows, f"{name} is missing from the README's configuration table"
         documented = rows[name].strip().strip("`")
         default = field.default
-        if default is None:
+        if default is None or default == "":
             assert documented == "unset", (name, documented)
         elif isinstance(default, bool):
             assert documented == str(default).lower(), (name, documented)

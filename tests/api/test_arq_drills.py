@@ -15,6 +15,7 @@ import pytest
 from arq.constants import default_queue_name, job_key_prefix
 from redis.asyncio import Redis
 
+from core.arq_enqueue import DEFERRED_KEY
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.processes import WORKER_COMMANDS, Process, Processes, child_env
 from tests.support.receiver import Receiver, Reply
@@ -418,9 +419,10 @@ async def test_scheduled_send_and_cancel_with_the_embedded_worker(
     assert later.status_code == 202, later.text
     assert later.json()["status"] == "scheduled"
     [far_delivery] = later.json()["deliveries"]
-    score_ms = await redis_client.zscore(default_queue_name, far_delivery["id"])
-    assert score_ms is not None
-    assert abs(score_ms / 1000 - far.timestamp()) < 1, "queued for send_at, not before"
+    assert await redis_client.zscore(default_queue_name, far_delivery["id"]) is None, "not on arq's queue yet"
+    due_ms = await redis_client.zscore(DEFERRED_KEY, far_delivery["id"])
+    assert due_ms is not None
+    assert abs(due_ms / 1000 - far.timestamp()) < 1, "deferred until send_at, not before"
     assert await redis_client.pttl(job_key_prefix + far_delivery["id"]) > 2 * 86_400_000, "outlives its send_at"
     assert inline_later.status_code == 422
     assert "TASK_BACKEND=arq" in inline_later.json()["detail"][0]["msg"]

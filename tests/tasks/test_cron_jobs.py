@@ -13,12 +13,13 @@ from arq.constants import default_queue_name, in_progress_key_prefix, job_key_pr
 from redis.asyncio import Redis
 
 from api.app import create_app
+from core.arq_enqueue import unbanded_due_ms
 from core.arq_recovery import LOST_REASON, REQUEUED_NOTE
 from core.arq_worker import HEARTBEATS_KEY, RUNNING_KEY, EmbeddedWorker
 from core.config import Settings
 from core.cron import CronScheduler
 from core.documents import MemoryDocumentStore
-from core.jobs import JobRecord, JobState
+from core.jobs import PRIORITY_BAND_MS, JobRecord, JobState
 from core.redis_stores import JOB_PREFIX, RedisJobStore
 from core.store import MemoryJobStore
 from tasks.cron import (
@@ -142,7 +143,9 @@ async def test_requeue_puts_back_a_stuck_delivery_that_a_real_worker_then_delive
         assert (requeued.state, requeued.attempts, requeued.last_error) == (JobState.QUEUED, 1, REQUEUED_NOTE)
         score = await redis.zscore(default_queue_name, stuck)
         assert score is not None
-        assert abs(score - time.time() * 1000) < 5_000, "due now"
+        now_ms = int(time.time() * 1000)
+        assert abs(unbanded_due_ms(score, now_ms) - now_ms) < 5_000, "due now"
+        assert score < now_ms - PRIORITY_BAND_MS / 2, "in the normal band, ahead of low ones"
         failed = await store.get(lost)
         assert failed is not None
         assert (failed.state, failed.last_error) == (JobState.FAILED, LOST_REASON)
@@ -283,7 +286,7 @@ async def test_each_arq_worker_runs_a_scheduler_from_startup_to_shutdown(
     ctx: dict[str, Any] = {"redis": redis}
     await options["on_startup"](ctx)
     try:
-        scheduler = ctx[CRON_CTX_KEY]
+        [scheduler] = ctx[CRON_CTX_KEY]  # Herald's own; no TaskSet declares cron jobs here
         assert isinstance(scheduler, CronScheduler)
         running_inside = scheduler.running
     finally:
