@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run worker test lint browser fmt clean
+.PHONY: run run-example worker test lint browser fmt clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 
 run: $(VENV)/.run-deps
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/python -m api
+
+# The README's example app (examples/reports): Herald plus a job and an endpoint of its own.
+run-example: $(VENV)/.run-deps
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/python -m examples.reports
 
 # Durable mode's worker process (TASK_BACKEND=arq, REDIS_URL=...): same as `arq tasks.worker.WorkerSettings`.
 worker: $(VENV)/.run-deps

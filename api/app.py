@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.request_id import RequestId
 from api.routers import dashboard, deliveries, health, metrics, notifications
+from api.routers import tasks as task_endpoints
 from api.routers.metrics import WebMetrics
 from core.arq_backend import ArqBackend
 from core.arq_worker import EmbeddedWorker
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None, *, task_sets: Sequence[TaskSet]
     app.include_router(health.router)
     app.include_router(notifications.router)
     app.include_router(deliveries.router)
+    app.include_router(task_endpoints.router)
     app.include_router(metrics.router, dependencies=metrics.access(settings))
     app.include_router(dashboard.router)
     app.mount("/static/dashboard", dashboard.static_files(), name="dashboard-static")

@@ -7,6 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from core.config import Settings
+from core.cron import CronHistory
+from core.queue import TaskQueue
+from core.taskset import TaskSet
 from tasks.notifications import NotificationService
 
 
@@ -20,5 +23,23 @@ def get_notifications(request: Request) -> NotificationService:
     return service
 
 
+def get_task_queue(request: Request) -> TaskQueue:
+    queue: TaskQueue = request.app.state.tasks
+    return queue
+
+
+def get_cron_history(request: Request) -> CronHistory:
+    history: CronHistory = request.app.state.cron_history
+    return history
+
+
+def get_task_sets(request: Request) -> list[TaskSet]:
+    task_sets: list[TaskSet] = request.app.state.task_sets
+    return task_sets
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NotificationsDep = Annotated[NotificationService, Depends(get_notifications)]
+TaskQueueDep = Annotated[TaskQueue, Depends(get_task_queue)]
+CronHistoryDep = Annotated[CronHistory, Depends(get_cron_history)]
+TaskSetsDep = Annotated[list[TaskSet], Depends(get_task_sets)]

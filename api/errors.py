@@ -9,7 +9,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from core.errors import BackendUnavailableError, DuplicateJobError, NotRetryableError, QueueClosedError, QueueFullError
+from core.errors import (
+    BackendUnavailableError,
+    DuplicateJobError,
+    NotCancellableError,
+    NotRetryableError,
+    QueueClosedError,
+    QueueFullError,
+    UnknownJobError,
+)
 from tasks.notifications import IdempotencyConflictError
 from tasks.rendering import TemplateProblem
 
@@ -69,7 +77,21 @@ async def _not_retryable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=409, content={"detail": str(exc)})
 
 
+async def _unknown_job(_: Request, exc: Exception) -> JSONResponse:
+    job_id = exc.args[0] if exc.args else ""  # UnknownJobError(job_id)
+    return JSONResponse(
+        status_code=404,
+        content={"detail": f"no job, chain or group with id {job_id!r} (never existed, or no longer kept)"},
+    )
+
+
+async def _not_cancellable(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(UnknownJobError, _unknown_job)
+    app.add_exception_handler(NotCancellableError, _not_cancellable)
     app.add_exception_handler(NotRetryableError, _not_retryable)
     app.add_exception_handler(DuplicateJobError, _not_retryable)
     app.add_exception_handler(BackendUnavailableError, _backend_unavailable)

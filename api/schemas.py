@@ -10,6 +10,7 @@ import httpx
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from core.jobs import Priority
 from tasks.notifications import DeliveryItem, DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
 
 MAX_ADDRESS_LENGTH = 2048
@@ -97,6 +98,15 @@ class NotifyRequest(BaseModel):
         default=None,
         description="ISO-8601 with a timezone: deliveries wait until then (status `scheduled`); past = now.",
     )
+    priority: Priority = Field(
+        default=Priority.NORMAL,
+        description="`urgent`, `high`, `normal` or `low`: waiting deliveries start in this order, in both modes.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="ISO-8601 with a timezone: a delivery not started by then ends `expired` and is never sent "
+        "(so nothing arrives late). Must be in the future, and after `send_at` if both are given.",
+    )
 
     @field_validator("subject")
     @classmethod
@@ -174,6 +184,8 @@ class NotificationOut(BaseModel):
     subject: str
     metadata: dict[str, Any]
     send_at: datetime | None
+    priority: Priority
+    expires_at: datetime | None
     deliveries: list[DeliveryOut]
 
     @classmethod
@@ -187,6 +199,8 @@ class NotificationOut(BaseModel):
             subject=view.subject,
             metadata=view.metadata,
             send_at=view.send_at,
+            priority=view.priority,
+            expires_at=view.expires_at,
             deliveries=[DeliveryOut.of(d) for d in view.deliveries],
         )
 

@@ -13,12 +13,12 @@ from arq.constants import default_queue_name
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.arq_enqueue import CANCELLED_NOTE, ArqEnqueuer, withdraw
+from core.arq_enqueue import ArqEnqueuer, withdraw
 from core.arq_worker import EmbeddedWorker, live_workers
 from core.backend import AfterResponse, Enqueued
 from core.documents import Claim, Document
 from core.errors import QueueClosedError
-from core.jobs import JobSpec, JobState
+from core.jobs import CANCELLED_NOTE, JobSpec, JobState
 from core.redis_stores import RedisDocumentStore, RedisJobStore
 from core.registry import TaskRegistry
 

@@ -29,7 +29,15 @@ from core.backend import Enqueued
 from core.codec import json_dumps
 from core.documents import Claim, Document
 from core.errors import BackendUnavailableError, DuplicateJobError, NotRetryableError
-from core.jobs import CANCELLABLE, PRIORITY_BAND_MS, JobRecord, JobSpec, JobState, Priority
+from core.jobs import (
+    CANCELLABLE,
+    EXPIRED_NOTE,
+    PRIORITY_BAND_MS,
+    JobRecord,
+    JobSpec,
+    JobState,
+    Priority,
+)
 from core.redis_stores import DOC_PREFIX, INDEX_LUA, JOB_PREFIX, KEY_PREFIX, RedisJobStore, score_of, unavailable
 from core.registry import TaskRegistry
 
@@ -40,8 +48,6 @@ EXPIRY_MARGIN_MS = 86_400_000
 # A retried job is handed back to arq this far in the future, out of its reach, and promoted from
 # herald:deferred at its due time with its band; a score this far out marks it as handed back.
 FAR_FUTURE_MS = 10 * 365 * 86_400_000
-CANCELLED_NOTE = "cancelled before it was sent"
-EXPIRED_NOTE = "not started before its expires_at"
 
 # KEYS: claim, finishing record, document keys, record keys, arq job keys, arq queue, deferred, expiring.
 # ARGV: mode ('0' plain, '1' with claim, '2' re-run of failed jobs), claim value, claim TTL ms,

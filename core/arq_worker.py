@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +30,6 @@ from redis.exceptions import RedisError
 
 from core.arq_enqueue import (
     DEFERRED_KEY,
-    EXPIRED_NOTE,
     FAR_FUTURE_MS,
     ArqEnqueuer,
     expire_due,
@@ -37,8 +37,9 @@ from core.arq_enqueue import (
 )
 from core.codec import json_dumps, json_loads
 from core.context import PROGRESS_CTX_KEY, TaskContext
+from core.errors import BackendUnavailableError
 from core.execution import Verdict, run_attempt
-from core.jobs import JobRecord, JobSpec, JobState, spec_key, utcnow
+from core.jobs import EXPIRED_NOTE, JobRecord, JobSpec, JobState, spec_key, utcnow
 from core.observe import OBSERVERS_CTX_KEY, Observer
 from core.redis_stores import KEY_PREFIX, RedisDocumentStore, RedisJobStore
 from core.registry import TaskDef, TaskRegistry
@@ -50,7 +51,7 @@ RUNNING_KEY = KEY_PREFIX + "running"  # job id -> ms after which a still-running
 STORE_CTX_KEY = "herald_job_store"
 ENQUEUER_CTX_KEY = "herald_enqueuer"
 PROGRESS_EVERY_S = 0.2  # progress reports closer together than this are kept for the final save
-MAINTAIN_MAX_SLEEP_S = 1.0  # promoting deferred jobs and expiring late ones: at least this often
+MIN_MAINTAIN_SLEEP_S = 0.005  # the promoter's shortest nap, when a deferred job is due sooner than a poll
 ARQ_MAX_TRIES = 1_000_000  # out of reach on purpose: the RetryPolicy decides
 TIMEOUT_MARGIN_S = 5.0
 RESTART_DELAY_S = 2.0
@@ -101,16 +102,19 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
     if not await store.save_if(record, [was]):
         logger.info("job %s changed state as it started (cancelled?); not running it", job_id)
         return None
-    task_ctx = TaskContext(ctx, job_try=record.attempts, **{PROGRESS_CTX_KEY: _progress_sink(store, record)})
+    progress = _ProgressWriter(store, record)
+    task_ctx = TaskContext(ctx, job_try=record.attempts, **{PROGRESS_CTX_KEY: progress.report})
     started = time.perf_counter()
     try:
         outcome = await run_attempt(task, task_ctx, tuple(args), kwargs)
     except asyncio.CancelledError:
+        progress.close()
         # Shutdown (or a lost worker's job timeout): give the attempt back; arq re-queues the job.
         record.attempts -= 1
         record.move_to(JobState.QUEUED)
         await asyncio.shield(store.save(record))
         raise
+    progress.close()  # before the outcome is written: no late progress write can follow it
     elapsed_s = time.perf_counter() - started
     log_extra = {
         "job_id": job_id,
@@ -154,17 +158,41 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
     return None
 
 
-def _progress_sink(store: RedisJobStore, record: JobRecord) -> Any:
-    last_saved = [0.0]
+class _ProgressWriter:
+    """Saves a running job's progress at most every PROGRESS_EVERY_S, the latest report last.
 
-    async def record_progress(value: dict[str, Any]) -> None:
-        record.progress = value  # the final save of the attempt carries the latest one in any case
-        now = time.monotonic()
-        if now - last_saved[0] >= PROGRESS_EVERY_S:
-            last_saved[0] = now
-            await store.save_if(record, [JobState.RUNNING])
+    A report inside the interval is written when the interval ends, so the status never stays behind
+    while the task works on without reporting. Writes only over a ``running`` record.
+    """
 
-    return record_progress
+    def __init__(self, store: RedisJobStore, record: JobRecord) -> None:
+        self._store = store
+        self._record = record
+        self._last_saved = 0.0
+        self._trailing: asyncio.Task[None] | None = None
+
+    async def report(self, value: dict[str, Any]) -> None:
+        self._record.progress = value  # the attempt's final save carries the latest one in any case
+        wait_s = self._last_saved + PROGRESS_EVERY_S - time.monotonic()
+        if wait_s <= 0:
+            await self._save()
+        elif self._trailing is None or self._trailing.done():
+            self._trailing = asyncio.create_task(self._save_after(wait_s), name="herald-progress")
+
+    def close(self) -> None:
+        if self._trailing is not None:
+            self._trailing.cancel()
+
+    async def _save_after(self, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
+        try:
+            await self._save()
+        except BackendUnavailableError as exc:
+            logger.warning("job %s: could not save its progress (%s)", self._record.id, exc)
+
+    async def _save(self) -> None:
+        self._last_saved = time.monotonic()
+        await self._store.save_if(replace(self._record), [JobState.RUNNING])
 
 
 async def _next_step(ctx: Mapping[str, Any], record: JobRecord, result: Any) -> JobSpec | None:
@@ -260,6 +288,9 @@ def worker_options(
         "job_serializer": json_dumps,
         "job_deserializer": json_loads,
         "max_jobs": max_jobs,
+        # arq reads up to max(5 * max_jobs, 100) due ids per poll and starts them in that order as slots free
+        # up: an urgent job enqueued after that read would wait behind all of them. One slot's worth at most.
+        "queue_read_limit": max_jobs,
         "poll_delay": poll_delay_s,
         "job_timeout": max(t.policy.timeout_s for t in tasks) + TIMEOUT_MARGIN_S,
         "keep_result": 0,
@@ -283,9 +314,10 @@ async def _maintain(redis: Redis, store: RedisJobStore, queue_name: str, poll_de
             await expire_due(redis, store, queue_name=queue_name)
         except (RedisError, OSError) as exc:  # the poll loop notices a lost Redis; this one waits
             logger.warning("promoting deferred jobs failed: %s", type(exc).__name__)
-        wait_s = MAINTAIN_MAX_SLEEP_S
+        # On arq's own poll cadence: a deferral written by any process is seen within one poll.
+        wait_s = poll_delay_s
         if next_due_ms is not None:
-            wait_s = min(wait_s, max(poll_delay_s, next_due_ms / 1000 - time.time()))
+            wait_s = min(wait_s, max(MIN_MAINTAIN_SLEEP_S, next_due_ms / 1000 - time.time()))
         await asyncio.sleep(wait_s)
 
 
@@ -308,6 +340,13 @@ async def _discard(worker: Worker) -> None:
     try:
         await worker.close()
         return
+    except asyncio.CancelledError:
+        # arq's close() gathers the jobs it cancels, and one cancelled inside arq's own epilogue
+        # surfaces here; only a cancellation of this task itself may stop the clean-up.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        logger.info("worker close was cut short by a job's cancellation; closing what is left")
     except Exception as exc:
         logger.info("worker close stopped early (%s); closing what is left", type(exc).__name__)
     if worker.on_shutdown is not None:

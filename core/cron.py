@@ -31,6 +31,8 @@ from cronsim import CronSim, CronSimError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.redis_stores import unavailable
+
 logger = logging.getLogger("herald.cron")
 
 Ctx = TypeVar("Ctx")
@@ -216,10 +218,16 @@ class RedisCronHistory:
         self._key = key
 
     async def record(self, name: str, run: CronRun) -> None:
-        await cast(Awaitable[int], self._redis.hset(self._key, name, run.to_json()))  # redis-py types sync|async
+        try:
+            await cast(Awaitable[int], self._redis.hset(self._key, name, run.to_json()))  # redis-py types sync|async
+        except RedisError as exc:
+            raise unavailable(exc) from exc
 
     async def latest(self) -> dict[str, CronRun]:
-        raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(self._key))
+        try:
+            raw = await cast(Awaitable[dict[bytes, bytes]], self._redis.hgetall(self._key))
+        except RedisError as exc:
+            raise unavailable(exc) from exc
         return {name.decode(): CronRun.from_json(value) for name, value in raw.items()}
 
 

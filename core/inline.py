@@ -25,7 +25,7 @@ from core.context import PROGRESS_CTX_KEY, TaskContext
 from core.documents import Claim, Document, MemoryDocumentStore
 from core.errors import DuplicateJobError, NotRetryableError, QueueClosedError, QueueFullError
 from core.execution import Verdict, run_attempt
-from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState, utcnow
+from core.jobs import CANCELLABLE, CANCELLED_NOTE, EXPIRED_NOTE, JobRecord, JobSpec, JobState, utcnow
 from core.observe import OBSERVERS_CTX_KEY, Observer
 from core.registry import TaskDef, TaskRegistry
 from core.store import MemoryJobStore
@@ -33,8 +33,6 @@ from core.store import MemoryJobStore
 logger = logging.getLogger("herald.jobs")
 
 WORKER_CANCEL_WAIT_S = 1.0
-PROGRESS_EVERY_S = 0.2  # progress reports closer together than this update the record in memory only
-EXPIRED_NOTE = "not started before its expires_at"
 
 
 @dataclass(slots=True)
@@ -76,6 +74,7 @@ class InlineBackend:
         self._idle = asyncio.Event()
         self._idle.set()
         self._accepting = False
+        self._cut_note = "cut short while running at shutdown"
 
     @property
     def accepting(self) -> bool:
@@ -161,7 +160,7 @@ class InlineBackend:
             timer = self._timers.pop(job_id, None)
             if timer is not None:
                 timer.cancel()
-            await self._finish(job, JobState.CANCELLED, "cancelled before it was sent")
+            await self._finish(job, JobState.CANCELLED, CANCELLED_NOTE)
             cancelled.append(job_id)
         return cancelled
 
@@ -178,13 +177,15 @@ class InlineBackend:
             handle.cancel()
         self._timers.clear()
         self._expiry_timers.clear()
+        self._cut_note = f"cut short while running: not finished within the {grace_s:g}s shutdown grace"
         for worker in self._workers:
             worker.cancel()
         if self._workers:  # bounded: a task that swallows CancelledError must not hang shutdown
             await asyncio.wait(self._workers, timeout=WORKER_CANCEL_WAIT_S)
         self._workers = []
         for job in left:
-            await self._finish(job, JobState.CANCELLED, f"not finished within the {grace_s:g}s shutdown grace")
+            if job.record.id in self._unfinished:  # a running one has already said it was cut short
+                self._finish_now(job, JobState.CANCELLED, f"not finished within the {grace_s:g}s shutdown grace")
         if left:
             logger.error("shutdown left %d jobs unfinished: %s", len(left), ", ".join(job.record.id for job in left))
         return [job.record.id for job in left]
@@ -220,10 +221,13 @@ class InlineBackend:
             timer = self._timers.pop(job.record.id, None)
             if timer is not None:
                 timer.cancel()
-            asyncio.get_running_loop().create_task(self._finish(job, JobState.EXPIRED, EXPIRED_NOTE))
+            self._finish_now(job, JobState.EXPIRED, EXPIRED_NOTE)
 
     async def _work(self) -> None:
         while True:
+            # get() does not suspend while jobs are waiting: without this, tasks that never await
+            # would run the whole backlog before the loop serves a single HTTP request.
+            await asyncio.sleep(0)
             _, _, job = await self._queue.get()
             if job.record.id not in self._unfinished:  # cancelled while it waited
                 continue
@@ -252,7 +256,7 @@ class InlineBackend:
         try:
             outcome = await run_attempt(job.task, ctx, job.spec.args, job.spec.kwargs)
         except asyncio.CancelledError:
-            await self._finish(job, JobState.CANCELLED, "cancelled while running at shutdown")
+            await self._finish(job, JobState.CANCELLED, self._cut_note)
             raise
         elapsed_s = time.perf_counter() - started
         log_extra = {
@@ -297,14 +301,9 @@ class InlineBackend:
         self._put(job)
 
     def _progress_sink(self, job: _Job) -> Any:
-        last_saved = [0.0]
-
         async def record_progress(value: dict[str, Any]) -> None:
             job.record.progress = value
-            now = time.monotonic()
-            if now - last_saved[0] >= PROGRESS_EVERY_S:
-                last_saved[0] = now
-                await self.store.save(job.record)
+            self.store.put(job.record)  # a copy in memory: cheap enough for every report
 
         return record_progress
 
@@ -313,13 +312,16 @@ class InlineBackend:
         self._put(job)
 
     async def _finish(self, job: _Job, state: JobState, error: str | None) -> None:
+        self._finish_now(job, state, error)
+
+    def _finish_now(self, job: _Job, state: JobState, error: str | None) -> None:
         job.record.move_to(state, error=error)
         expiry = self._expiry_timers.pop(job.record.id, None)
         if expiry is not None:
             expiry.cancel()
         self._unfinished.pop(job.record.id, None)
         self._set_idle_if_done()
-        await self.store.save(job.record)
+        self.store.put(job.record)
 
     def _set_idle_if_done(self) -> None:
         if not self._unfinished:

@@ -28,6 +28,8 @@ class JobState(StrEnum):
 
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
 CANCELLABLE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING})  # not started (or between tries)
+CANCELLED_NOTE = "cancelled before it started"
+EXPIRED_NOTE = "not started before its expires_at"
 
 # Priority bands on arq's queue, whose score is the ms a job is due and the order jobs are picked in:
 # a band moves a job's score this far into the past, so every due urgent job sorts before every due

@@ -91,7 +91,12 @@ class ComposedStatus:
 
     @property
     def error(self) -> str | None:
-        return next((r.last_error for _, _, r in self.jobs if r is not None and r.state is JobState.FAILED), None)
+        """Why it did not succeed: the first failed job's error, else the first cancelled/expired one's note."""
+        ended = [
+            r for _, _, r in self.jobs if r is not None and r.state.is_terminal and r.state is not JobState.SUCCEEDED
+        ]
+        ended.sort(key=lambda r: r.state is not JobState.FAILED)  # failures first, else in order
+        return ended[0].last_error if ended else None
 
 
 class TaskQueue:

@@ -155,28 +155,33 @@ class RedisJobStore:
     ) -> list[JobRecord]:
         index = STATE_INDEX_PREFIX + state.value if state is not None else ALL_JOBS_INDEX
         found: list[JobRecord] = []
+        skip = 0  # rows tied with ``after``'s score that were all listed already: step over them
         try:
             await self._prune()
             while len(found) < limit:
                 upper = str(after[0]) if after is not None else "+inf"  # inclusive: ties are split by id below
                 rows = await self._redis.zrevrangebyscore(
-                    index, upper, "-inf", start=0, num=SCAN_BATCH, withscores=True
+                    index, upper, "-inf", start=skip, num=SCAN_BATCH, withscores=True
                 )
                 page = [(int(score), raw.decode()) for raw, score in rows]
                 if after is not None:
                     page = [row for row in page if row < after]
                 if not page:
-                    break
+                    if len(rows) < SCAN_BATCH:
+                        break
+                    skip += SCAN_BATCH  # a whole batch of one millisecond, all before the cursor
+                    continue
                 records = await self.get_many(job_id for _, job_id in page)
                 for _, job_id in page:
                     record = records.get(job_id)
-                    if record is not None and (tasks is None or record.task in tasks):
+                    wanted = record is not None and (state is None or record.state is state)  # it may have moved
+                    if wanted and record is not None and (tasks is None or record.task in tasks):
                         found.append(record)
                         if len(found) == limit:
                             break
                 if len(rows) < SCAN_BATCH:
                     break
-                after = page[-1]
+                after, skip = page[-1], 0
         except RedisError as exc:
             raise unavailable(exc) from exc
         return found

@@ -162,7 +162,9 @@ class TaskSet:
         once per tick however many processes run it. The function stays directly callable."""
 
         def declare(fn: Callable[[TaskContext], Awaitable[R]]) -> Callable[[TaskContext], Awaitable[R]]:
-            job = CronJob[TaskContext](name=name or fn.__name__, cron=expression, function=fn, timeout_s=timeout)
+            job: CronJob[TaskContext] = CronJob(
+                name=name or fn.__name__, cron=expression, function=fn, timeout_s=timeout
+            )
             if job.name in self._crons:
                 raise ValueError(f"cron job {job.name!r} is already declared in this TaskSet")
             self._crons[job.name] = job
@@ -234,7 +236,7 @@ def task_set_cron(
     history: CronHistory | None = None,
 ) -> CronScheduler[TaskContext] | None:
     """A scheduler for every ``@cron`` of ``task_sets`` (None if there are none); each run gets a TaskContext
-    with ``resources``, ``job_id`` ``cron:<name>`` and attempt 1."""
+    with ``resources``, ``job_id`` ``"cron"`` and attempt 1 (a cron run is not a queued job)."""
     jobs = [job for task_set in task_sets for job in task_set.cron_jobs]
     if not jobs:
         return None

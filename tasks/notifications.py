@@ -16,7 +16,7 @@ from typing import Any, Literal
 from core.backend import AfterResponse, TaskBackend
 from core.documents import Claim, Document
 from core.errors import HeraldError
-from core.jobs import JobRecord, JobSpec, JobState, spec_key, utcnow
+from core.jobs import JobRecord, JobSpec, JobState, Priority, spec_key, utcnow
 from core.rerun import rerun
 from core.store import JobStore
 from tasks.messages import Channel, DeliveryPayload
@@ -87,6 +87,8 @@ class NotificationRecord:
     metadata: dict[str, Any]
     deliveries: tuple[DeliveryRef, ...]
     send_at: datetime | None = None
+    priority: Priority = Priority.NORMAL
+    expires_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,8 @@ class NotificationRecord:
             "metadata": self.metadata,
             "deliveries": [[d.id, d.channel.value, d.address] for d in self.deliveries],
             "send_at": self.send_at.isoformat() if self.send_at else None,
+            "priority": self.priority.value,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
 
     @classmethod
@@ -111,6 +115,8 @@ class NotificationRecord:
             metadata=data["metadata"],
             deliveries=tuple(DeliveryRef(i, Channel(c), a) for i, c, a in data["deliveries"]),
             send_at=datetime.fromisoformat(data["send_at"]) if data.get("send_at") else None,
+            priority=Priority(data.get("priority", Priority.NORMAL)),
+            expires_at=datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None,
         )
 
 
@@ -152,6 +158,8 @@ class NotificationView:
     subject: str
     metadata: dict[str, Any]
     send_at: datetime | None = None
+    priority: Priority = Priority.NORMAL
+    expires_at: datetime | None = None
     deliveries: list[DeliveryView] = field(default_factory=list)
 
 
@@ -185,6 +193,8 @@ class NotificationService:
         context: dict[str, Any],
         metadata: dict[str, Any],
         send_at: datetime | None = None,
+        priority: Priority = Priority.NORMAL,
+        expires_at: datetime | None = None,
         idempotency: tuple[str, str] | None = None,
         after_response: AfterResponse | None = None,
     ) -> tuple[NotificationView, bool]:
@@ -207,6 +217,8 @@ class NotificationService:
             metadata=metadata,
             deliveries=refs,
             send_at=send_at,
+            priority=priority,
+            expires_at=expires_at,
         )
         specs = [
             JobSpec(
@@ -214,6 +226,8 @@ class NotificationService:
                 job_id=ref.id,
                 args=(_payload(record, ref, message, context),),
                 defer_until=send_at,
+                priority=priority,
+                expires_at=expires_at,
             )
             for ref in refs
         ]
@@ -358,6 +372,8 @@ def _view(record: NotificationRecord, jobs: dict[str, JobRecord]) -> Notificatio
         subject=record.subject,
         metadata=record.metadata,
         send_at=record.send_at,
+        priority=record.priority,
+        expires_at=record.expires_at,
         deliveries=deliveries,
     )
 

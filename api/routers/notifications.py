@@ -57,6 +57,7 @@ async def notify(
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise invalid(["header", "Idempotency-Key"], "must be 1-255 printable ASCII characters without spaces")
     send_at = _check_send_at(body.send_at, settings)
+    expires_at = _check_expires_at(body.expires_at, body.send_at)
     message = (
         default_library().render(body.template, body.context)
         if body.template is not None
@@ -69,6 +70,8 @@ async def notify(
         context=body.context,
         metadata=body.metadata,
         send_at=send_at,
+        priority=body.priority,
+        expires_at=expires_at,
         idempotency=(idempotency_key, _fingerprint(body)) if idempotency_key else None,
         after_response=background,
     )
@@ -134,6 +137,20 @@ def _check_send_at(send_at: datetime | None, settings: Settings) -> datetime | N
             "(INLINE_MAX_DEFER_S); later sends need the durable backend (TASK_BACKEND=arq)",
         )
     return send_at
+
+
+def _check_expires_at(expires_at: datetime | None, send_at: datetime | None) -> datetime | None:
+    if expires_at is None:
+        return None
+    try:
+        expires_at = expires_at.astimezone(UTC)
+    except OverflowError:
+        raise invalid(["body", "expires_at"], "expires_at is outside the supported date range") from None
+    if expires_at <= datetime.now(UTC):
+        raise invalid(["body", "expires_at"], "expires_at is already past: nothing would be sent")
+    if send_at is not None and expires_at <= send_at:
+        raise invalid(["body", "expires_at"], "expires_at must be after send_at, or nothing would be sent")
+    return expires_at
 
 
 def _check_limits(body: NotifyRequest, settings: Settings) -> None:
