@@ -17,11 +17,13 @@ from core.arq_enqueue import unbanded_due_ms
 from core.arq_recovery import LOST_REASON, REQUEUED_NOTE
 from core.arq_worker import HEARTBEATS_KEY, RUNNING_KEY, EmbeddedWorker
 from core.config import Settings
-from core.cron import CronScheduler
+from core.context import TaskContext
+from core.cron import CronScheduler, RedisCronHistory
 from core.documents import MemoryDocumentStore
 from core.jobs import PRIORITY_BAND_MS, JobRecord, JobState
 from core.redis_stores import JOB_PREFIX, RedisJobStore
 from core.store import MemoryJobStore
+from core.taskset import TaskSet
 from tasks.cron import (
     ArqCronContext,
     InlineCronContext,
@@ -304,3 +306,33 @@ async def test_an_arq_worker_runs_no_scheduler_when_disabled(
     await options["on_startup"](ctx)
     await options["on_shutdown"](ctx)
     assert CRON_CTX_KEY not in ctx
+
+
+async def test_a_task_sets_cron_job_runs_once_per_tick_however_many_workers_run_it(
+    make_settings: MakeSettings, redis_url: str, redis: Redis
+) -> None:
+    """Two arq workers both schedule the app's ``@cron`` job; the Redis lease lets one run each tick."""
+    app_jobs = TaskSet()
+    runs: list[str] = []
+
+    @app_jobs.cron("* * * * * *", name="every_second")
+    async def every_second(ctx: TaskContext) -> None:
+        runs.append(ctx.job_id)
+
+    settings = make_settings(TASK_BACKEND="arq", REDIS_URL=redis_url)
+    workers = [build_worker_options(settings, task_sets=[app_jobs]) for _ in range(2)]
+    contexts: list[dict[str, Any]] = [{"redis": Redis.from_url(redis_url)} for _ in workers]
+    try:
+        for options, ctx in zip(workers, contexts, strict=True):
+            await options["on_startup"](ctx)
+        assert all(len(ctx[CRON_CTX_KEY]) == 2 for ctx in contexts), "Herald's scheduler and the app's, in each"
+        await eventually(lambda: len(runs) >= 3, timeout_s=10, what="three ticks of the app's cron job")
+    finally:
+        for options, ctx in zip(workers, contexts, strict=True):
+            await options["on_shutdown"](ctx)
+            await ctx["redis"].aclose()
+    ticks = await redis.keys("herald:cron:every_second:*")
+    assert len(ticks) - 1 <= len(runs) <= len(ticks), "one run per tick (the last may be cut by the shutdown)"
+    assert set(runs) == {"cron"}
+    latest = await RedisCronHistory(redis).latest()
+    assert latest["every_second"].outcome == "succeeded"
