@@ -65,10 +65,11 @@ async def _queue_closed(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _backend_unavailable(_: Request, exc: Exception) -> JSONResponse:
+async def _backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    done = {"GET": "", "HEAD": "", "POST": "; nothing was stored"}.get(request.method, "; nothing was changed")
     return JSONResponse(
         status_code=503,
-        content={"detail": f"{exc}; nothing was stored, try again shortly"},
+        content={"detail": f"{exc}{done}, try again shortly"},
         headers={"Retry-After": str(RETRY_AFTER_CLOSED_S)},
     )
 

@@ -52,13 +52,14 @@ FAR_FUTURE_MS = 10 * 365 * 86_400_000
 # KEYS: claim, finishing record, document keys, record keys, arq job keys, arq queue, deferred, expiring.
 # ARGV: mode ('0' plain, '1' with claim, '2' re-run of failed jobs), claim value, claim TTL ms,
 #       #documents, document TTL ms, #jobs, record TTL ms, finishing record JSON ('' none), its index score,
-#       its id, then document values, then per job: record JSON, arq job, arq job TTL ms,
+#       its id, guard document key ('' none: if it says cancelled, only the finishing record is written),
+#       then document values, then per job: record JSON, arq job, arq job TTL ms,
 #       queue score ('' = deferred), due ms, job id, state, index score, expires_at ms ('' none).
 _ENQUEUE = (
     INDEX_LUA
     + """
 local n_docs, n_jobs = tonumber(ARGV[4]), tonumber(ARGV[6])
-local first_job = 10 + n_docs
+local first_job = 11 + n_docs
 local function job_arg(j, i) return ARGV[first_job + (j - 1) * 9 + i] end
 if ARGV[1] == '1' then
   local existing = redis.call('GET', KEYS[1])
@@ -67,6 +68,14 @@ end
 if ARGV[8] ~= '' then  -- finishing the job this one follows: only if it is still running here
   local current = redis.call('GET', KEYS[2])
   if not current or cjson.decode(current)['state'] ~= 'running' then return {'changed', ARGV[10]} end
+  if ARGV[11] ~= '' then  -- its chain was cancelled: record the step, queue nothing after it
+    local guard = redis.call('GET', ARGV[11])
+    if guard and cjson.decode(guard)['cancelled'] then
+      redis.call('SET', KEYS[2], ARGV[8], 'PX', ARGV[7])
+      herald_index(ARGV[10], 'succeeded', ARGV[9])
+      return {'stopped'}
+    end
+  end
 end
 for j = 1, n_jobs do
   if redis.call('EXISTS', KEYS[2 + n_docs + n_jobs + j]) == 1 then return {'duplicate', job_arg(j, 6)} end
@@ -83,7 +92,7 @@ if ARGV[8] ~= '' then
   redis.call('SET', KEYS[2], ARGV[8], 'PX', ARGV[7])
   herald_index(ARGV[10], 'succeeded', ARGV[9])
 end
-for d = 1, n_docs do redis.call('SET', KEYS[2 + d], ARGV[10 + d], 'PX', ARGV[5]) end
+for d = 1, n_docs do redis.call('SET', KEYS[2 + d], ARGV[11 + d], 'PX', ARGV[5]) end
 local queue, deferred, expiring = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
 for j = 1, n_jobs do
   local id = job_arg(j, 6)
@@ -171,8 +180,13 @@ class ArqEnqueuer:
         claim: Claim | None = None,
         only_if_failed: bool = False,
         finishing: JobRecord | None = None,
+        guard: str | None = None,
     ) -> Enqueued:
-        """Write the jobs (and ``finishing``, now succeeded, if given) or nothing; see TaskBackend.enqueue."""
+        """Write the jobs (and ``finishing``, now succeeded, if given) or nothing; see TaskBackend.enqueue.
+
+        With ``guard`` (a document key, e.g. a chain's) saying ``cancelled``, only ``finishing`` is written
+        and no job is: the answer has no records.
+        """
         documents = [*documents, *(spec.as_document() for spec in specs)]
         now_ms = int(time.time() * 1000)
         last_due_ms = max((int(s.defer_until.timestamp() * 1000) for s in specs if s.defer_until), default=now_ms)
@@ -220,6 +234,7 @@ class ArqEnqueuer:
             json.dumps(finishing.to_json()) if finishing else "",
             score_of(finishing) if finishing else 0,
             finishing.id if finishing else "",
+            DOC_PREFIX + guard if guard else "",
             *(json.dumps(d.value) for d in documents),
             *job_args,
         ]
@@ -228,6 +243,8 @@ class ArqEnqueuer:
         except RedisError as exc:
             raise unavailable(exc) from exc
         verdict = result[0].decode()
+        if verdict == "stopped":
+            return Enqueued()
         if verdict == "claimed":
             existing: dict[str, Any] = json.loads(result[1])
             return Enqueued(existing_claim=existing)

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from core.arq_enqueue import (
     DEFERRED_KEY,
+    EXPIRING_KEY,
     FAR_FUTURE_MS,
     ArqEnqueuer,
     expire_due,
@@ -37,9 +38,9 @@ from core.arq_enqueue import (
 )
 from core.codec import json_dumps, json_loads
 from core.context import PROGRESS_CTX_KEY, TaskContext
-from core.errors import BackendUnavailableError
-from core.execution import Verdict, run_attempt
-from core.jobs import EXPIRED_NOTE, JobRecord, JobSpec, JobState, spec_key, utcnow
+from core.errors import BackendUnavailableError, DuplicateJobError
+from core.execution import Outcome, Verdict, run_attempt
+from core.jobs import EXPIRED_NOTE, JobRecord, JobSpec, JobState, composed_key, spec_key, utcnow
 from core.observe import OBSERVERS_CTX_KEY, Observer
 from core.redis_stores import KEY_PREFIX, RedisDocumentStore, RedisJobStore
 from core.registry import TaskDef, TaskRegistry
@@ -55,6 +56,7 @@ MIN_MAINTAIN_SLEEP_S = 0.005  # the promoter's shortest nap, when a deferred job
 ARQ_MAX_TRIES = 1_000_000  # out of reach on purpose: the RetryPolicy decides
 TIMEOUT_MARGIN_S = 5.0
 RESTART_DELAY_S = 2.0
+OUTCOME_WRITE_RETRY_S = 5.0  # a job whose outcome could not be written runs again after this
 RUNNING_MARGIN_S = 10.0  # past the job timeout, time to record the outcome before a job counts as stuck
 
 ResourcesFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, Any]]]
@@ -123,6 +125,20 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
         "outcome": outcome.verdict.value,
         "duration_s": round(elapsed_s, 3),
     }
+    try:
+        return await _record_outcome(ctx, record, outcome, elapsed_s, log_extra)
+    except BackendUnavailableError as exc:
+        # It ran, but where it stands could not be written: run it again (at least once) rather than
+        # leave the record `running` with nothing left to move it on.
+        logger.error("job %s: could not record its outcome (%s); it runs again", job_id, exc, extra=log_extra)
+        raise Retry(defer=timedelta(seconds=OUTCOME_WRITE_RETRY_S)) from None
+
+
+async def _record_outcome(
+    ctx: dict[str, Any], record: JobRecord, outcome: Outcome, elapsed_s: float, log_extra: dict[str, Any]
+) -> Any:
+    store: RedisJobStore = ctx[STORE_CTX_KEY]
+    job_id = record.id
     if outcome.verdict is Verdict.SUCCEEDED:
         logger.info("job %s succeeded in %.3fs", job_id, elapsed_s, extra=log_extra)
         record.result = outcome.result
@@ -132,7 +148,15 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
             await store.save(record)
         else:  # this step's success and the next step's job in one write: a crash keeps both or neither
             enqueuer: ArqEnqueuer = ctx[ENQUEUER_CTX_KEY]
-            await enqueuer.enqueue([following], finishing=record)
+            try:
+                guard = composed_key(following.parent) if following.parent else None
+                written = await enqueuer.enqueue([following], finishing=record, guard=guard)
+                if not written.records:
+                    logger.info("job %s: its chain was cancelled; no next step", job_id, extra=log_extra)
+            except DuplicateJobError as exc:  # recovery took it back meanwhile: its new run continues the chain
+                logger.warning("job %s: %s", job_id, exc)
+                return None
+        await _forget_expiry(ctx, record)
         return None
     if outcome.verdict is Verdict.RETRY and outcome.retry_in_s is not None:
         logger.warning(
@@ -155,7 +179,15 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
     logger.warning("job %s failed: %s", job_id, outcome.error, extra=log_extra)
     record.move_to(JobState.FAILED, error=outcome.error)
     await store.save(record)
+    await _forget_expiry(ctx, record)
     return None
+
+
+async def _forget_expiry(ctx: Mapping[str, Any], record: JobRecord) -> None:
+    """A finished job leaves the expiry sweep's set now, not at its (maybe far-off) expires_at."""
+    if record.expires_at is not None:
+        with contextlib.suppress(RedisError):
+            await ctx["redis"].zrem(EXPIRING_KEY, record.id)
 
 
 class _ProgressWriter:
@@ -175,7 +207,10 @@ class _ProgressWriter:
         self._record.progress = value  # the attempt's final save carries the latest one in any case
         wait_s = self._last_saved + PROGRESS_EVERY_S - time.monotonic()
         if wait_s <= 0:
-            await self._save()
+            try:
+                await self._save()
+            except BackendUnavailableError as exc:  # progress is for people: never fail the job over it
+                logger.warning("job %s: could not save its progress (%s)", self._record.id, exc)
         elif self._trailing is None or self._trailing.done():
             self._trailing = asyncio.create_task(self._save_after(wait_s), name="herald-progress")
 
@@ -288,9 +323,6 @@ def worker_options(
         "job_serializer": json_dumps,
         "job_deserializer": json_loads,
         "max_jobs": max_jobs,
-        # arq reads up to max(5 * max_jobs, 100) due ids per poll and starts them in that order as slots free
-        # up: an urgent job enqueued after that read would wait behind all of them. One slot's worth at most.
-        "queue_read_limit": max_jobs,
         "poll_delay": poll_delay_s,
         "job_timeout": max(t.policy.timeout_s for t in tasks) + TIMEOUT_MARGIN_S,
         "keep_result": 0,
@@ -356,6 +388,24 @@ async def _discard(worker: Worker) -> None:
         await worker.pool.aclose(close_connection_pool=True)
 
 
+class HeraldWorker(Worker):
+    """arq's Worker, reading at each poll just enough of the queue's head to start ``max_jobs`` new jobs.
+
+    arq reads a fixed number of due ids per poll (by default max(5 * max_jobs, 100)) and starts them in
+    that order as slots free up, so an urgent job enqueued after that read waits behind all of them.
+    Reading only ``max_jobs`` would stall every worker but one: a running job stays at the head of the
+    queue until it ends, so the head is the jobs already running. Every running job, whichever worker
+    runs it, is in ``herald:running``; reading ``max_jobs`` past that many is enough, and no more.
+    (This overrides a private method of arq 0.28, which is pinned and in maintenance only; arq's own CLI
+    cannot take a Worker subclass, so ``arq tasks.worker.WorkerSettings`` keeps arq's fixed read.)
+    """
+
+    async def _poll_iteration(self) -> None:
+        with contextlib.suppress(RedisError):  # arq's own poll below meets the same error and handles it
+            self.queue_read_limit = self.max_jobs + int(await self.pool.zcard(RUNNING_KEY))
+        await super()._poll_iteration()
+
+
 class EmbeddedWorker:
     """An arq worker inside this process's event loop: no signal handlers, restarted if Redis drops it.
 
@@ -379,7 +429,7 @@ class EmbeddedWorker:
 
     async def _supervise(self) -> None:
         while not self._stopping:
-            worker = Worker(**self._options, handle_signals=False)
+            worker = HeraldWorker(**self._options, handle_signals=False)
             self._worker = worker
             try:
                 await worker.async_run()

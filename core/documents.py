@@ -32,6 +32,10 @@ class DocumentStore(Protocol):
 
     async def delete(self, *keys: str) -> None: ...
 
+    async def replace(self, key: str, value: dict[str, Any]) -> bool:
+        """Set the value of an existing document, keeping its time to live; False if there is none."""
+        ...
+
 
 class MemoryDocumentStore:
     """Documents in a dict, bounded by count (oldest first out) and by age.
@@ -82,6 +86,17 @@ class MemoryDocumentStore:
         for key in keys:
             self._items.pop(key, None)
             self._claims.pop(key, None)
+
+    async def replace(self, key: str, value: dict[str, Any]) -> bool:
+        item = self._items.get(key)
+        if item is None or item[1] <= _now_s():
+            return False
+        self._items[key] = (value, item[1])
+        return True
+
+    def peek(self, key: str) -> dict[str, Any] | None:
+        """``get`` without awaiting, for checks that must not be interleaved with other tasks."""
+        return self._live(key)
 
     def purge(self) -> int:
         """Evict every expired document now (reads already skip them); how many went.

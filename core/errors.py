@@ -6,11 +6,16 @@
     │   ├── QueueClosedError     the runner is shutting down
     │   ├── QueueFullError       the in-process queue is at TASK_QUEUE_MAX
     │   ├── DuplicateJobError    a job with the same id is already queued
-    │   ├── BackendUnavailableError  the durable backend's Redis cannot be reached
+    │   ├── BackendUnavailableError  the durable backend's Redis cannot be reached (reads raise it too)
     │   └── NotRetryableError    a re-run was asked of a job that is not failed
-    └── TaskError              raised by a task attempt; decides what happens next
-        ├── RetryableError       try again after back-off (or after ``retry_after_s``)
-        └── PermanentError       give up now; retrying cannot help
+    ├── TaskError              raised by a task attempt; decides what happens next
+    │   ├── RetryableError       try again after back-off (or after ``retry_after_s``)
+    │   └── PermanentError       give up now; retrying cannot help
+    ├── UnknownJobError        no job, chain or group is kept under this id (also a LookupError)
+    ├── NotCancellableError    the job has started or finished; the message says which
+    ├── JobUnsuccessfulError   ``result()`` of a job that failed, was cancelled or expired
+    ├── JobNotFinishedError    ``result(timeout=...)`` ran out of time (also a TimeoutError)
+    └── TaskModuleNotStartedError  ``.enqueue()`` before the TaskSet was bound to a running backend
 
 A task signals its outcome only through ``TaskError``: the runner never guesses from a bare
 exception type. Any other exception escaping a task is a bug and fails the job permanently.

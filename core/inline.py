@@ -25,7 +25,16 @@ from core.context import PROGRESS_CTX_KEY, TaskContext
 from core.documents import Claim, Document, MemoryDocumentStore
 from core.errors import DuplicateJobError, NotRetryableError, QueueClosedError, QueueFullError
 from core.execution import Verdict, run_attempt
-from core.jobs import CANCELLABLE, CANCELLED_NOTE, EXPIRED_NOTE, JobRecord, JobSpec, JobState, utcnow
+from core.jobs import (
+    CANCELLABLE,
+    CANCELLED_NOTE,
+    EXPIRED_NOTE,
+    JobRecord,
+    JobSpec,
+    JobState,
+    composed_key,
+    utcnow,
+)
 from core.observe import OBSERVERS_CTX_KEY, Observer
 from core.registry import TaskDef, TaskRegistry
 from core.store import MemoryJobStore
@@ -270,7 +279,8 @@ class InlineBackend:
             logger.info("job %s succeeded in %.3fs", record.id, elapsed_s, extra=log_extra)
             record.result = outcome.result
             following = job.spec.next_step(outcome.result)
-            if following is not None:  # before finishing, so a drain still waits for the chain
+            stopped = following is not None and following.parent is not None and self._cancelled(following.parent)
+            if following is not None and not stopped:  # before finishing, so a drain still waits for the chain
                 self._continue_with(following)
             await self._finish(job, JobState.SUCCEEDED, None)
         elif outcome.verdict is Verdict.RETRY and outcome.retry_in_s is not None:
@@ -299,6 +309,10 @@ class InlineBackend:
         self._idle.clear()
         self.store.put(job.record)
         self._put(job)
+
+    def _cancelled(self, composed_id: str) -> bool:
+        document = self.documents.peek(composed_key(composed_id))
+        return bool(document and document.get("cancelled"))
 
     def _progress_sink(self, job: _Job) -> Any:
         async def record_progress(value: dict[str, Any]) -> None:

@@ -85,6 +85,11 @@ def spec_key(job_id: str) -> str:
     return f"spec:{job_id}"
 
 
+def composed_key(composed_id: str) -> str:
+    """The document of a chain or a group: its kind, its jobs, and whether it was cancelled."""
+    return f"composed:{composed_id}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -17,7 +17,7 @@ from typing import Any
 from core.backend import AfterResponse, TaskBackend
 from core.documents import Claim, Document
 from core.errors import JobNotFinishedError, JobUnsuccessfulError, NotCancellableError, UnknownJobError
-from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState, Priority, Step, utcnow
+from core.jobs import CANCELLABLE, JobRecord, JobSpec, JobState, Priority, Step, composed_key, utcnow
 from core.registry import TaskRegistry
 from core.store import Position
 
@@ -84,6 +84,7 @@ class ComposedStatus:
     kind: str  # "chain" or "group"
     state: JobState
     jobs: list[tuple[str, str, JobRecord | None]]  # (job id, task, record)
+    cancelled: bool = False
 
     @property
     def results(self) -> list[Any]:
@@ -96,7 +97,9 @@ class ComposedStatus:
             r for _, _, r in self.jobs if r is not None and r.state.is_terminal and r.state is not JobState.SUCCEEDED
         ]
         ended.sort(key=lambda r: r.state is not JobState.FAILED)  # failures first, else in order
-        return ended[0].last_error if ended else None
+        if ended:
+            return ended[0].last_error
+        return "cancelled" if self.state is JobState.CANCELLED else None
 
 
 class TaskQueue:
@@ -156,7 +159,7 @@ class TaskQueue:
             parent=chain_id,
         )
         members = [[c.task, job_id] for c, job_id in zip(calls, ids, strict=True)]
-        document = Document(_composed_key(chain_id), {"kind": "chain", "jobs": members})
+        document = Document(composed_key(chain_id), {"kind": "chain", "jobs": members})
         await self.backend.enqueue([first], documents=[document])
         return ComposedHandle(self, chain_id)
 
@@ -169,7 +172,7 @@ class TaskQueue:
         group_id = f"grp_{uuid.uuid4().hex}"
         specs = [self.spec(call, parent=group_id) for call in calls]
         members = [[spec.task, spec.job_id] for spec in specs]
-        document = Document(_composed_key(group_id), {"kind": "group", "jobs": members})
+        document = Document(composed_key(group_id), {"kind": "group", "jobs": members})
         await self.backend.enqueue(specs, documents=[document])
         return ComposedHandle(self, group_id)
 
@@ -202,7 +205,7 @@ class TaskQueue:
         return await self.backend.store.list_records(state=state, tasks=names, after=after, limit=limit)
 
     async def composed_status(self, composed_id: str) -> ComposedStatus | None:
-        document = await self.backend.documents.get(_composed_key(composed_id))
+        document = await self.backend.documents.get(composed_key(composed_id))
         if document is None:
             return None
         members: list[tuple[str, str]] = [(job_id, task) for task, job_id in document["jobs"]]
@@ -210,7 +213,29 @@ class TaskQueue:
         jobs = [(job_id, task, records.get(job_id)) for job_id, task in members]
         kind = str(document["kind"])
         state = _chain_state(jobs) if kind == "chain" else _group_state(jobs)
-        return ComposedStatus(id=composed_id, kind=kind, state=state, jobs=jobs)
+        unfinished = any(record is not None and not record.state.is_terminal for _, _, record in jobs)
+        if document.get("cancelled") and not state.is_terminal and not unfinished:
+            state = JobState.CANCELLED  # a chain stopped between steps: nothing of it will run again
+        return ComposedStatus(
+            id=composed_id, kind=kind, state=state, jobs=jobs, cancelled=bool(document.get("cancelled"))
+        )
+
+    async def cancel_composed(self, composed_id: str) -> Sequence[str]:
+        """Stop a chain or group: jobs waiting to start are cancelled, and a chain whose step is running
+        stops after that step. Returns the ids cancelled now. Raises UnknownJobError, or NotCancellableError
+        if it has already finished."""
+        key = composed_key(composed_id)
+        document = await self.backend.documents.get(key)
+        status = await self.composed_status(composed_id)
+        if document is None or status is None:
+            raise UnknownJobError(composed_id)
+        if status.state.is_terminal:
+            raise NotCancellableError(f"{status.kind} {composed_id} is already {status.state.value}")
+        # The flag first: a step finishing from here on sees it in the same write as its successor's.
+        await self.backend.documents.replace(key, {**document, "cancelled": True})
+        status = await self.composed_status(composed_id)
+        members = [job_id for job_id, _, record in status.jobs if record is not None] if status else []
+        return await self.backend.cancel(members)
 
 
 class JobHandle:
@@ -268,10 +293,10 @@ class ComposedHandle:
             raise JobUnsuccessfulError(self.id, status.state.value, status.error)
         return status.results[-1] if status.kind == "chain" else status.results
 
-    async def cancel(self) -> list[str]:
-        """Cancel every job of it that has not started; the ids cancelled."""
-        status = await self.status()
-        return await self._queue.backend.cancel([job_id for job_id, _, record in status.jobs if record is not None])
+    async def cancel(self) -> Sequence[str]:
+        """Cancel every job of it waiting to start; a chain whose step is running stops after that step.
+        Returns the ids cancelled now; NotCancellableError if it has finished."""
+        return await self._queue.cancel_composed(self.id)
 
 
 async def _wait(read: Any, done: Any, timeout: float | None, job_id: str) -> Any:  # noqa: ASYNC109
@@ -287,10 +312,6 @@ async def _wait(read: Any, done: Any, timeout: float | None, job_id: str) -> Any
         wait = pause if deadline is None else min(pause, max(0.0, deadline - loop.time()))
         await asyncio.sleep(wait)
         pause = min(pause * 2, POLL_MAX_S)
-
-
-def _composed_key(composed_id: str) -> str:
-    return f"composed:{composed_id}"
 
 
 def _chain_state(jobs: list[tuple[str, str, JobRecord | None]]) -> JobState:
@@ -309,8 +330,10 @@ def _group_state(jobs: list[tuple[str, str, JobRecord | None]]) -> JobState:
     if all(state is JobState.SUCCEEDED for state in states):
         return JobState.SUCCEEDED
     if all(state.is_terminal for state in states):
-        unsuccessful = [state for state in states if state is not JobState.SUCCEEDED]
-        return unsuccessful[0] if len(set(unsuccessful)) == 1 else JobState.FAILED
+        unsuccessful = {state for state in states if state is not JobState.SUCCEEDED}
+        if JobState.FAILED in unsuccessful:
+            return JobState.FAILED
+        return JobState.EXPIRED if unsuccessful == {JobState.EXPIRED} else JobState.CANCELLED
     if any(state in (JobState.RUNNING, JobState.RETRYING) or state.is_terminal for state in states):
         return JobState.RUNNING
     return JobState.SCHEDULED if all(state is JobState.SCHEDULED for state in states) else JobState.QUEUED

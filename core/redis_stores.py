@@ -235,3 +235,9 @@ class RedisDocumentStore:
                 await self._redis.delete(*(DOC_PREFIX + key for key in keys))
             except RedisError as exc:
                 raise unavailable(exc) from exc
+
+    async def replace(self, key: str, value: dict[str, Any]) -> bool:
+        try:
+            return bool(await self._redis.set(DOC_PREFIX + key, json.dumps(value), xx=True, keepttl=True))
+        except RedisError as exc:
+            raise unavailable(exc) from exc

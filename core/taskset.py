@@ -207,7 +207,7 @@ async def chain(*calls: Call, priority: Priority | str | None = None) -> Compose
     queue = _queue_of(calls)
     if priority is not None:
         first = calls[0]
-        calls = (replace(first, options=Options(priority=priority)), *calls[1:])
+        calls = (replace(first, options=replace(first.options, priority=priority)), *calls[1:])
     return await queue.chain(calls)
 
 
@@ -215,7 +215,7 @@ async def group(calls: Sequence[Call], *, priority: Priority | str | None = None
     """Run ``calls`` side by side (enqueued together, all or none); ``result()`` is every result in order."""
     queue = _queue_of(calls)
     if priority is not None:
-        calls = [replace(c, options=Options(priority=priority)) for c in calls]
+        calls = [replace(c, options=replace(c.options, priority=priority)) for c in calls]
     return await queue.group(calls)
 
 

@@ -418,6 +418,8 @@ def overall_status(statuses: list[DeliveryStatus]) -> NotificationStatus:
         return "cancelled"
     if unique == {DeliveryStatus.EXPIRED}:
         return "expired"
+    if unique == {DeliveryStatus.CANCELLED, DeliveryStatus.EXPIRED}:
+        return "cancelled"  # nothing sent, nothing failed
     if DeliveryStatus.DELIVERED in unique:
         return "partially_delivered"
     return "failed"

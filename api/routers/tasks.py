@@ -26,9 +26,9 @@ from api.task_schemas import (
     TaskStatusOut,
 )
 from core.cron import CronJob
-from core.errors import NotCancellableError, UnknownJobError
+from core.errors import UnknownJobError
 from core.jobs import JobRecord, JobState
-from core.queue import ComposedHandle, ComposedStatus, TaskQueue
+from core.queue import ComposedStatus, TaskQueue
 from core.store import Position
 from tasks.cron import build_cron_schedule
 
@@ -143,14 +143,12 @@ async def get_task(task_id: str, queue: TaskQueueDep) -> JobOut | ComposedOut:
 async def cancel_task(task_id: str, queue: TaskQueueDep) -> JobOut | ComposedOut:
     """A job queued, scheduled or waiting for its next try ends `cancelled` and never runs (again); the
     answer is its new status. A running or finished job cannot be cancelled (409). With a chain or group
-    id, every job of it waiting to start is cancelled and the answer is the aggregate; 409 if none was.
-    A chain whose waiting step is cancelled stops there; while one of its steps runs, nothing of it can be
-    cancelled and it goes on."""
+    id, every job of it waiting to start is cancelled, a chain whose step is running stops after that step,
+    and the answer is the aggregate; 409 if it has already finished."""
     composed = await queue.composed_status(task_id)
     if composed is None:
         return JobOut.of(await queue.cancel(task_id))  # raises UnknownJobError (404), NotCancellableError (409)
-    if not await ComposedHandle(queue, task_id).cancel():
-        raise NotCancellableError(_why_nothing_cancelled(composed))
+    await queue.cancel_composed(task_id)  # raises NotCancellableError (409) once it has finished
     return ComposedOut.of(await _composed(queue, task_id))
 
 
@@ -159,11 +157,6 @@ async def _composed(queue: TaskQueue, composed_id: str) -> ComposedStatus:
     if status is None:
         raise UnknownJobError(composed_id)
     return status
-
-
-def _why_nothing_cancelled(status: ComposedStatus) -> str:
-    states = ", ".join(record.state.value if record is not None else "not reached" for _, _, record in status.jobs)
-    return f"{status.kind} {status.id} has no job left that has not started (its jobs: {states})"
 
 
 def _cursor(record: JobRecord) -> str:

@@ -476,9 +476,7 @@ async def test_deleting_a_group_cancels_its_jobs_not_yet_started(
     assert body["error"] == CANCELLED_NOTE
     assert [j["state"] for j in body["jobs"]] == ["cancelled", "cancelled"]
     assert again.status_code == 409, again.text
-    assert again.json() == {
-        "detail": f"group {waiting.id} has no job left that has not started (its jobs: cancelled, cancelled)"
-    }
+    assert again.json() == {"detail": f"group {waiting.id} is already cancelled"}
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}], ids=["missing", "wrong"])

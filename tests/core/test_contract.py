@@ -409,6 +409,26 @@ async def test_a_failing_step_stops_the_chain(herald: Herald) -> None:
     assert journal.labels == ["add(1,2)", "refuse(3)"]
 
 
+async def test_a_chain_cancelled_while_a_step_runs_stops_after_that_step(herald: Herald) -> None:
+    async with herald():
+        handle = await chain(step.s("slow", hold="slow"), step.s(), step.s())
+        await eventually(lambda: journal.labels == ["slow"], what="the first step to start")
+        cancelled_now = await handle.cancel()
+        journal.release("slow")
+        with pytest.raises(JobUnsuccessfulError) as raised:
+            await handle.result(timeout=5)
+        status = await handle.status()
+        with pytest.raises(NotCancellableError):
+            await handle.cancel()
+    assert list(cancelled_now) == [], "the running step itself is not cancelled"
+    assert (raised.value.state, status.state) == ("cancelled", JobState.CANCELLED)
+    [(_, _, first), (_, _, second), (_, _, third)] = status.jobs
+    assert first is not None
+    assert (first.state, first.result) == (JobState.SUCCEEDED, "slow")
+    assert (second, third) == (None, None), "no step after the cancel was queued"
+    assert journal.labels == ["slow"]
+
+
 async def test_a_group_gives_its_results_in_order_whatever_order_they_finish_in(herald: Herald) -> None:
     async with herald():
         handle = await group([step.s("first", hold="first"), step.s("second"), step.s("third")])
