@@ -20,6 +20,13 @@ from tests.support.waiting import eventually
 
 BEARER = {"Authorization": f"Bearer {API_KEY}"}
 KEYS = SessionKeys.derive(API_KEY.encode())
+
+
+def _tampered(value: str) -> str:
+    """``value`` with its last character changed (always changed: a fixed replacement matches 1 time in 64)."""
+    return value[:-1] + ("B" if value.endswith("A") else "A")
+
+
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -101,7 +108,7 @@ BAD_COOKIES = {
     "expired": KEYS.issue(now_s=time.time() - SESSION_TTL_S - 1),
     # a valid signature, expiry pushed forward: the signature covers the expiry
     "extended": re.sub(r"^v1\.(\d+)\.", lambda m: f"v1.{int(m.group(1)) + 10**6}.", KEYS.issue()),
-    "bad-signature": KEYS.issue()[:-2] + "AA",
+    "bad-signature": _tampered(KEYS.issue()),
 }
 
 
@@ -253,7 +260,7 @@ async def test_retry_needs_the_sessions_csrf_token(keyed: httpx.AsyncClient, rec
     other_session_token = KEYS.csrf_token(KEYS.issue())
     url = f"/dashboard/deliveries/{delivery_id}/retry"
     json_accept = {**_cookie(cookie), "Accept": "application/json"}
-    for data in ({}, {"csrf_token": ""}, {"csrf_token": other_session_token}, {"csrf_token": csrf[:-1] + "A"}):
+    for data in ({}, {"csrf_token": ""}, {"csrf_token": other_session_token}, {"csrf_token": _tampered(csrf)}):
         refused = await keyed.post(url, headers=json_accept, data=data)
         assert refused.status_code == 403, (data, refused.text)
     refused = await keyed.post(url, headers={**json_accept, "X-CSRF-Token": other_session_token})
