@@ -56,6 +56,7 @@ MIN_MAINTAIN_SLEEP_S = 0.005  # the promoter's shortest nap, when a deferred job
 ARQ_MAX_TRIES = 1_000_000  # out of reach on purpose: the RetryPolicy decides
 TIMEOUT_MARGIN_S = 5.0
 RESTART_DELAY_S = 2.0
+DISCARD_WAIT_S = 2.0  # cancelled jobs get this long to record their end before the worker's pool closes
 OUTCOME_WRITE_RETRY_S = 5.0  # a job whose outcome could not be written runs again after this
 RUNNING_MARGIN_S = 10.0  # past the job timeout, time to record the outcome before a job counts as stuck
 
@@ -381,6 +382,10 @@ async def _discard(worker: Worker) -> None:
         logger.info("worker close was cut short by a job's cancellation; closing what is left")
     except Exception as exc:
         logger.info("worker close stopped early (%s); closing what is left", type(exc).__name__)
+    # The cancelled jobs still write their ends (arq shields its finish_job): let them, before the pool goes.
+    finishing = [task for task in worker.tasks.values() if not task.done()]
+    if finishing:
+        await asyncio.wait(finishing, timeout=DISCARD_WAIT_S)
     if worker.on_shutdown is not None:
         with contextlib.suppress(Exception):
             await worker.on_shutdown(worker.ctx)
