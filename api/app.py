@@ -29,7 +29,7 @@ from core.metrics import arq_queue_probe, inline_queue_probe
 from core.queue import TaskQueue
 from core.registry import TaskRegistry
 from core.store import MemoryJobStore
-from core.taskset import TaskSet, task_set_cron
+from core.taskset import TaskSet, opened_resources, task_set_cron
 from tasks.cron import inline_cron
 from tasks.notifications import NotificationService
 from tasks.registry import build_registry
@@ -59,7 +59,7 @@ async def inline_backend(
     store = MemoryJobStore(max_finished=settings.RECORD_MAX_COUNT, ttl_s=settings.RECORD_TTL_S)
     documents = MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S)
     history = MemoryCronHistory()
-    async with delivery_resources(settings) as resources:
+    async with delivery_resources(settings) as shared, opened_resources(shared, task_sets) as resources:
         backend = InlineBackend(
             registry,
             store,

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -93,13 +94,22 @@ class Task(Generic[P, R]):
         return f"<Task {self.name}>"
 
 
-class TaskSet:
-    """Tasks and cron jobs declared together, registered with an app in one visible place."""
+Resources = Callable[[], AbstractAsyncContextManager[Mapping[str, Any]]]
 
-    def __init__(self) -> None:
+
+class TaskSet:
+    """Tasks and cron jobs declared together, registered with an app in one visible place.
+
+    ``resources``: an async context manager factory yielding the clients its tasks share (a database pool,
+    an API client), opened once per process — by the app in-process, by each arq worker — and closed at
+    shutdown; tasks read them as ``ctx["name"]``.
+    """
+
+    def __init__(self, *, resources: Resources | None = None) -> None:
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._crons: dict[str, CronJob[TaskContext]] = {}
         self._queue: TaskQueue | None = None
+        self.resources = resources
 
     @overload
     def task(self, function: Callable[Concatenate[TaskContext, P], Awaitable[R]]) -> Task[P, R]: ...
@@ -244,3 +254,22 @@ def task_set_cron(
     if len(set(names)) < len(names):
         raise ValueError(f"cron job names must be unique across TaskSets: {sorted(names)}")
     return CronScheduler(jobs, lease, lambda: TaskContext(resources, job_id="cron", job_try=1), history=history)
+
+
+@asynccontextmanager
+async def opened_resources(base: Mapping[str, Any], task_sets: Sequence[TaskSet]) -> AsyncIterator[dict[str, Any]]:
+    """``base`` plus every TaskSet's own resources, opened in order and closed in reverse.
+
+    Raises ValueError if two of them use the same name (a task would get the wrong client).
+    """
+    merged = dict(base)
+    async with AsyncExitStack() as stack:
+        for task_set in task_sets:
+            if task_set.resources is None:
+                continue
+            own = await stack.enter_async_context(task_set.resources())
+            clash = sorted(set(own) & set(merged))
+            if clash:
+                raise ValueError(f"TaskSet resources {clash} are already provided by Herald or another TaskSet")
+            merged.update(own)
+        yield merged

@@ -14,11 +14,12 @@ lease lets one of them run each tick. Each worker process serves its own Prometh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -35,7 +36,7 @@ from core.metrics import MetricsServer
 from core.observe import Observer
 from core.queue import TaskQueue
 from core.registry import TaskRegistry
-from core.taskset import TaskSet, task_set_cron
+from core.taskset import TaskSet, opened_resources, task_set_cron
 from tasks.cron import arq_cron
 from tasks.metrics import delivery_metrics
 from tasks.registry import build_registry
@@ -74,7 +75,7 @@ def build_worker_options(
         start = _serving_metrics(metrics_server, then=start)
     return worker_options(
         registry,
-        functools.partial(delivery_resources, settings),
+        functools.partial(_worker_resources, settings, task_sets),
         redis_settings=RedisSettings.from_dsn(settings.REDIS_URL.get_secret_value()),
         max_jobs=settings.WORKER_MAX_JOBS,
         poll_delay_s=settings.WORKER_POLL_DELAY_S,
@@ -85,6 +86,13 @@ def build_worker_options(
         extra_shutdown=stop,
         observers=observers,
     )
+
+
+@contextlib.asynccontextmanager
+async def _worker_resources(settings: Settings, task_sets: Sequence[TaskSet]) -> AsyncIterator[Mapping[str, Any]]:
+    """Herald's delivery clients and every TaskSet's own, for one worker's lifetime."""
+    async with delivery_resources(settings) as shared, opened_resources(shared, task_sets) as resources:
+        yield resources
 
 
 def process_worker_options(settings: Settings) -> tuple[dict[str, Any], MetricsServer | None]:
