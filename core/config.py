@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     SMTP_PASSWORD: SecretStr | None = None
     SMTP_TLS: Literal["starttls", "tls", "none"] = "starttls"
     SMTP_TIMEOUT_S: PositiveSeconds = 30.0
+    SMTP_POOL_SIZE: int = Field(default=4, ge=1, le=100)
     EMAIL_FROM: str = "Herald <herald@localhost>"
 
     WEBHOOK_SECRET: SecretStr | None = None

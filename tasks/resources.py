@@ -25,6 +25,7 @@ def build_mailer(settings: Settings) -> Mailer:
         username=settings.SMTP_USERNAME,
         password=settings.SMTP_PASSWORD.get_secret_value() if settings.SMTP_PASSWORD else None,
         timeout_s=settings.SMTP_TIMEOUT_S,
+        pool_size=settings.SMTP_POOL_SIZE,
     )
 
 
@@ -42,10 +43,14 @@ def build_webhook_client(settings: Settings) -> httpx.AsyncClient:
 async def delivery_resources(settings: Settings) -> AsyncIterator[dict[str, object]]:
     """The shared part of every DeliveryContext (the runner adds ``job_id`` and ``job_try``)."""
     secret = settings.WEBHOOK_SECRET
+    mailer = build_mailer(settings)
     async with build_webhook_client(settings) as http:
-        yield {
-            "http": http,
-            "mailer": build_mailer(settings),
-            "email_from": settings.email_from_address,
-            "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,
-        }
+        try:
+            yield {
+                "http": http,
+                "mailer": mailer,
+                "email_from": settings.email_from_address,
+                "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,
+            }
+        finally:
+            await mailer.aclose()

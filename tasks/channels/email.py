@@ -7,7 +7,10 @@ server's reply is kept as the delivery's last error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import time
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -42,8 +45,20 @@ def build_message(payload: DeliveryPayload, sender: Address) -> EmailMessage:
 class Mailer(Protocol):
     async def send(self, message: EmailMessage) -> None: ...
 
+    async def aclose(self) -> None: ...
+
 
 class SmtpMailer:
+    """Sends through a small pool of SMTP connections, each reused for many messages.
+
+    A TCP (+ TLS + AUTH) handshake per message costs more than the message itself; here at most
+    ``pool_size`` connections are open, each sends one message at a time, and an idle one is reused.
+    A connection is dropped after ``max_messages`` (servers cap them), after ``idle_s`` unused (servers
+    close idle ones), or after any error. A reused connection that the server had already closed is
+    replaced once, at once: that is not the message's fault. A refused message (4xx/5xx) leaves its
+    connection usable after RSET.
+    """
+
     def __init__(
         self,
         *,
@@ -53,6 +68,9 @@ class SmtpMailer:
         username: str | None,
         password: str | None,
         timeout_s: float,
+        pool_size: int = 4,
+        idle_s: float = 30.0,
+        max_messages: int = 100,
     ) -> None:
         self._host = host
         self._port = port
@@ -60,28 +78,108 @@ class SmtpMailer:
         self._username = username
         self._password = password
         self._timeout_s = timeout_s
+        self._slots = asyncio.Semaphore(pool_size)
+        self._idle: list[_Pooled] = []  # newest last: reuse the warmest
+        self._idle_s = idle_s
+        self._max_messages = max_messages
+        self.connections_opened = 0
 
     async def send(self, message: EmailMessage) -> None:
+        async with self._slots:
+            pooled = self._take_idle()
+            reused = pooled is not None
+            try:
+                if pooled is None:
+                    pooled = await self._connect()
+                try:
+                    await pooled.client.send_message(message)
+                except aiosmtplib.SMTPServerDisconnected:
+                    if not reused:
+                        raise
+                    await _close(pooled)  # the server had closed it while idle: a fresh one, once
+                    pooled = None
+                    pooled = await self._connect()
+                    await pooled.client.send_message(message)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                await self._reset_or_close(pooled)
+                worst = max(exc.recipients, key=lambda refused: refused.code)
+                raise _from_reply(worst.code, worst.message) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                await self._reset_or_close(pooled)
+                raise _from_reply(exc.code, exc.message) from exc
+            except aiosmtplib.SMTPNotSupported as exc:
+                await _close(pooled)
+                raise PermanentError(f"SMTP server does not support what we asked: {exc}", channel=CHANNEL) from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                await _close(pooled)
+                raise RetryableError(f"SMTP connection problem: {type(exc).__name__}: {exc}", channel=CHANNEL) from exc
+            except BaseException:  # cancelled mid-conversation: the connection's state is unknown
+                await _close(pooled)
+                raise
+            pooled.sent += 1
+            await self._give_back(pooled)
+
+    async def aclose(self) -> None:
+        """Say QUIT on every idle connection (shutdown)."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_close(pooled, polite=True) for pooled in idle))
+
+    async def _connect(self) -> _Pooled:
+        client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            use_tls=self._tls == "tls",
+            start_tls=self._tls == "starttls",
+            username=self._username,
+            password=self._password,
+            timeout=self._timeout_s,
+        )
+        await client.connect()
+        self.connections_opened += 1
+        return _Pooled(client)
+
+    def _take_idle(self) -> _Pooled | None:
+        now = time.monotonic()
+        while self._idle:
+            pooled = self._idle.pop()
+            if now - pooled.idle_since < self._idle_s and pooled.client.is_connected:
+                return pooled
+            pooled.client.close()  # idle too long: the server may have dropped it already
+        return None
+
+    async def _give_back(self, pooled: _Pooled) -> None:
+        if pooled.sent >= self._max_messages or not pooled.client.is_connected:
+            await _close(pooled, polite=True)
+            return
+        pooled.idle_since = time.monotonic()
+        self._idle.append(pooled)
+
+    async def _reset_or_close(self, pooled: _Pooled | None) -> None:
+        if pooled is None:
+            return
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=self._host,
-                port=self._port,
-                use_tls=self._tls == "tls",
-                start_tls=self._tls == "starttls",
-                username=self._username,
-                password=self._password,
-                timeout=self._timeout_s,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            worst = max(exc.recipients, key=lambda refused: refused.code)
-            raise _from_reply(worst.code, worst.message) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            raise _from_reply(exc.code, exc.message) from exc
-        except aiosmtplib.SMTPNotSupported as exc:
-            raise PermanentError(f"SMTP server does not support what we asked: {exc}", channel=CHANNEL) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise RetryableError(f"SMTP connection problem: {type(exc).__name__}: {exc}", channel=CHANNEL) from exc
+            await pooled.client.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            await _close(pooled)
+            return
+        await self._give_back(pooled)
+
+
+@dataclass(slots=True)
+class _Pooled:
+    client: aiosmtplib.SMTP
+    sent: int = 0
+    idle_since: float = 0.0
+
+
+async def _close(pooled: _Pooled | None, *, polite: bool = False) -> None:
+    if pooled is None:
+        return
+    if polite and pooled.client.is_connected:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await pooled.client.quit()
+            return
+    pooled.client.close()
 
 
 def _from_reply(code: int, reply: str) -> RetryableError | PermanentError:
@@ -105,3 +203,6 @@ class ConsoleMailer:
             text = message.as_string(policy=message.policy.clone(linesep="\n"))
             stream.write(f"{rule}\n{text}\n{rule}\n")
             stream.flush()
+
+    async def aclose(self) -> None:
+        return None

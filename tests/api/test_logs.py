@@ -252,7 +252,7 @@ async def test_real_processes_log_json_lines_with_ids_and_no_secret_or_body(
         logs = {process.name: process.log() for process in started}
 
     # The secrets and the content really went through: so their absence from the logs means something.
-    assert authenticator.logins == 2
+    assert authenticator.logins >= 1  # one per SMTP connection: the pool may carry both emails on one
     assert TEXT_MARKER in smtp.messages[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert TEXT_MARKER in receiver.received("/hook")[-1].body.decode()
     signatures = [

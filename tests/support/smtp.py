@@ -23,11 +23,13 @@ class SmtpSink:
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     replies: deque[str] = field(default_factory=deque)
+    peers: list[Any] = field(default_factory=list)  # the client (host, port) of each DATA: one port per connection
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
+            self.peers.append(session.peer)
             if self.replies:
                 return self.replies.popleft()
             parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)

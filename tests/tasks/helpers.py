@@ -59,16 +59,20 @@ def make_payload(
 async def delivery_context(
     settings: Settings, *, mailer: Mailer | None = None, signed: bool = True
 ) -> AsyncIterator[DeliveryContext]:
-    """A DeliveryContext over the real clients ``tasks.resources`` builds; closes the HTTP client."""
+    """A DeliveryContext over the real clients ``tasks.resources`` builds; closes them after."""
+    mailer = mailer or build_mailer(settings)
     async with build_webhook_client(settings) as http:
-        yield DeliveryContext(
-            job_id="job_test",
-            job_try=1,
-            http=http,
-            mailer=mailer or build_mailer(settings),
-            email_from=settings.email_from_address,
-            webhook_signer=Webhook(WEBHOOK_SECRET) if signed else None,
-        )
+        try:
+            yield DeliveryContext(
+                job_id="job_test",
+                job_try=1,
+                http=http,
+                mailer=mailer,
+                email_from=settings.email_from_address,
+                webhook_signer=Webhook(WEBHOOK_SECRET) if signed else None,
+            )
+        finally:
+            await mailer.aclose()
 
 
 @asynccontextmanager
