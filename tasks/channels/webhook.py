@@ -21,6 +21,9 @@ CHANNEL = "webhook"
 USER_AGENT = "Herald-Webhooks/1"
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 ERROR_BODY_BYTES = 512
+# A 2xx body is read (and dropped) up to this much: httpcore closes a connection whose body was not read,
+# which would cost every delivery a new TCP + TLS handshake. A longer body just gives up the connection.
+SUCCESS_BODY_BYTES = 64 * 1024
 
 
 def webhook_body(payload: DeliveryPayload) -> str:
@@ -60,6 +63,7 @@ async def post_webhook(client: httpx.AsyncClient, signer: Webhook, payload: Deli
             "POST", payload["address"], content=body.encode(), headers=headers, follow_redirects=False
         ) as response:
             if response.is_success:
+                await _read_at_most(response, SUCCESS_BODY_BYTES)
                 return response.status_code
             excerpt = await _read_excerpt(response)
     except ForbiddenDestinationError as exc:
@@ -79,12 +83,17 @@ async def post_webhook(client: httpx.AsyncClient, signer: Webhook, payload: Deli
 
 
 async def _read_excerpt(response: httpx.Response) -> str:
+    chunks = await _read_at_most(response, ERROR_BODY_BYTES)
+    return chunks[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
     chunks = bytearray()
     async for chunk in response.aiter_raw():
         chunks.extend(chunk)
-        if len(chunks) >= ERROR_BODY_BYTES:
+        if len(chunks) >= limit:
             break
-    return chunks[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
+    return bytes(chunks)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

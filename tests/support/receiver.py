@@ -30,6 +30,7 @@ class Received:
     body: bytes
     verified: bool | None
     at: float
+    client: tuple[str, int] | None = None  # the sender's address: one port per TCP connection
 
 
 @dataclass
@@ -70,7 +71,14 @@ class Receiver:
             queue = self._scripts.get(scope["path"])
             reply = queue.popleft() if queue else self.default
             self.requests.append(
-                Received(scope["path"], headers, bytes(body), self._verify(bytes(body), headers), time.monotonic())
+                Received(
+                    scope["path"],
+                    headers,
+                    bytes(body),
+                    self._verify(bytes(body), headers),
+                    time.monotonic(),
+                    tuple(scope["client"]) if scope.get("client") else None,
+                )
             )
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)

@@ -12,7 +12,7 @@ import pytest
 from core.config import Settings
 from core.errors import PermanentError, RetryableError
 from core.jobs import JobState
-from tasks.channels.webhook import ERROR_BODY_BYTES, USER_AGENT, parse_retry_after
+from tasks.channels.webhook import ERROR_BODY_BYTES, SUCCESS_BODY_BYTES, USER_AGENT, parse_retry_after
 from tasks.delivery import send_webhook
 from tasks.messages import DeliveryPayload
 from tests.support.receiver import Receiver, Reply
@@ -259,3 +259,23 @@ async def test_large_error_body_keeps_last_error_bounded_through_the_runner(
     assert record.state is JobState.FAILED
     assert record.last_error is not None
     assert len(record.last_error) <= ERROR_BODY_BYTES + len("HTTP 422: ")
+
+
+async def test_deliveries_to_one_receiver_reuse_one_connection(
+    make_settings: SettingsFactory, receiver: Receiver
+) -> None:
+    """A 2xx body left unread makes httpcore drop the connection: every webhook would pay a new handshake."""
+    receiver.default = Reply(body=b'{"received": true}')
+    async with delivery_context(make_settings()) as ctx:
+        for n in range(5):
+            await send_webhook(ctx, make_payload(address=receiver.url("/reuse"), delivery_id=f"dlv_reuse_{n}"))
+    clients = {r.client for r in receiver.received("/reuse")}
+    assert len(receiver.received("/reuse")) == 5
+    assert len(clients) == 1, clients
+
+
+async def test_a_huge_success_body_is_not_read_to_its_end(make_settings: SettingsFactory, receiver: Receiver) -> None:
+    receiver.script("/huge", Reply(body=b"x" * (4 * SUCCESS_BODY_BYTES)))
+    async with delivery_context(make_settings()) as ctx:
+        status = await send_webhook(ctx, make_payload(address=receiver.url("/huge")))
+    assert status == 200
