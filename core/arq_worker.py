@@ -57,6 +57,7 @@ ARQ_MAX_TRIES = 1_000_000  # out of reach on purpose: the RetryPolicy decides
 TIMEOUT_MARGIN_S = 5.0
 RESTART_DELAY_S = 2.0
 DISCARD_WAIT_S = 2.0  # cancelled jobs get this long to record their end before the worker's pool closes
+MAX_READS_PER_POLL = 20  # reads of arq's queue one poll may make back to back while they keep finding work
 OUTCOME_WRITE_RETRY_S = 5.0  # a job whose outcome could not be written runs again after this
 RUNNING_MARGIN_S = 10.0  # past the job timeout, time to record the outcome before a job counts as stuck
 
@@ -405,10 +406,25 @@ class HeraldWorker(Worker):
     cannot take a Worker subclass, so ``arq tasks.worker.WorkerSettings`` keeps arq's fixed read.)
     """
 
+    _started_in_read = 0
+    _read_was_full = False
+
     async def _poll_iteration(self) -> None:
-        with contextlib.suppress(RedisError):  # arq's own poll below meets the same error and handles it
-            self.queue_read_limit = self.max_jobs + int(await self.pool.zcard(RUNNING_KEY))
-        await super()._poll_iteration()
+        # A small read empties fast: while the last one was full and started jobs, read again at once
+        # instead of leaving freed slots idle for a whole poll_delay (bounded, so a poll still ends).
+        for _ in range(MAX_READS_PER_POLL):
+            with contextlib.suppress(RedisError):  # arq's own poll below meets the same error and handles it
+                self.queue_read_limit = self.max_jobs + int(await self.pool.zcard(RUNNING_KEY))
+            self._started_in_read, self._read_was_full = 0, False
+            await super()._poll_iteration()
+            if not (self._read_was_full and self._started_in_read and self.allow_pick_jobs):
+                break
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self._read_was_full = len(job_ids) >= self.queue_read_limit
+        before = len(self.tasks)
+        await super().start_jobs(job_ids)
+        self._started_in_read = len(self.tasks) - before
 
 
 class EmbeddedWorker:
