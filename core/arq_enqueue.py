@@ -9,7 +9,7 @@ Priorities on one arq queue: arq picks due jobs in the order of their score, whi
 they are due. A job due now goes on arq's queue scored ``due - priority band`` (core/jobs.py), so
 every urgent job sorts before every high one and so on, FIFO within a band. A job due later (a
 scheduled send, a back-off) waits in ``herald:deferred`` scored by its due time instead, and
-:func:`promote_due` moves it onto arq's queue, banded, when its time comes: one worker, one queue,
+:class:`Promoter` moves it onto arq's queue, banded, when its time comes: one worker, one queue,
 every level.
 """
 
@@ -263,16 +263,20 @@ class ArqEnqueuer:
         return Enqueued(records=records)
 
 
-async def promote_due(
-    redis: Redis, *, queue_name: str = default_queue_name, now_ms: int | None = None, batch: int = 500
-) -> tuple[int, int | None]:
-    """Move deferred jobs now due onto arq's queue, banded; (how many moved, ms the next one is due)."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    script = redis.register_script(_PROMOTE)  # EVALSHA, loading the script only the first time
-    moved, next_due = await script(
-        keys=[DEFERRED_KEY, queue_name], args=[now_ms, batch, FAR_FUTURE_MS // 2, *_BAND_ARGS]
-    )
-    return int(moved), int(float(next_due)) if next_due else None
+class Promoter:
+    """Moves deferred jobs onto arq's queue when due (see the module docstring); one per worker."""
+
+    def __init__(self, redis: Redis, *, queue_name: str = default_queue_name) -> None:
+        self._script = redis.register_script(_PROMOTE)  # EVALSHA, loading the script only the first time
+        self._queue_name = queue_name
+
+    async def promote_due(self, *, now_ms: int | None = None, batch: int = 500) -> tuple[int, int | None]:
+        """Move those due now, banded; (how many moved, ms the next one is due or None)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        moved, next_due = await self._script(
+            keys=[DEFERRED_KEY, self._queue_name], args=[now_ms, batch, FAR_FUTURE_MS // 2, *_BAND_ARGS]
+        )
+        return int(moved), int(float(next_due)) if next_due else None
 
 
 async def withdraw(

@@ -33,8 +33,8 @@ from core.arq_enqueue import (
     EXPIRING_KEY,
     FAR_FUTURE_MS,
     ArqEnqueuer,
+    Promoter,
     expire_due,
-    promote_due,
 )
 from core.codec import json_dumps, json_loads
 from core.context import PROGRESS_CTX_KEY, TaskContext
@@ -341,10 +341,11 @@ def worker_options(
 
 async def _maintain(redis: Redis, store: RedisJobStore, queue_name: str, poll_delay_s: float) -> None:
     """Move deferred jobs onto arq's queue when due and expire the ones past expires_at, until cancelled."""
+    promoter = Promoter(redis, queue_name=queue_name)
     while True:
         next_due_ms: int | None = None
         try:
-            _, next_due_ms = await promote_due(redis, queue_name=queue_name)
+            _, next_due_ms = await promoter.promote_due()
             await expire_due(redis, store, queue_name=queue_name)
         except (RedisError, OSError) as exc:  # the poll loop notices a lost Redis; this one waits
             logger.warning("promoting deferred jobs failed: %s", type(exc).__name__)

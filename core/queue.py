@@ -84,7 +84,6 @@ class ComposedStatus:
     kind: str  # "chain" or "group"
     state: JobState
     jobs: list[tuple[str, str, JobRecord | None]]  # (job id, task, record)
-    cancelled: bool = False
 
     @property
     def results(self) -> list[Any]:
@@ -216,9 +215,7 @@ class TaskQueue:
         unfinished = any(record is not None and not record.state.is_terminal for _, _, record in jobs)
         if document.get("cancelled") and not state.is_terminal and not unfinished:
             state = JobState.CANCELLED  # a chain stopped between steps: nothing of it will run again
-        return ComposedStatus(
-            id=composed_id, kind=kind, state=state, jobs=jobs, cancelled=bool(document.get("cancelled"))
-        )
+        return ComposedStatus(id=composed_id, kind=kind, state=state, jobs=jobs)
 
     async def cancel_composed(self, composed_id: str) -> Sequence[str]:
         """Stop a chain or group: jobs waiting to start are cancelled, and a chain whose step is running

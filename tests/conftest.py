@@ -3,13 +3,16 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from api.app import create_app
 from core.config import Settings
+from tests.support.processes import Processes
 from tests.support.receiver import Receiver, serve_in_thread
 from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpSink, smtp_server
@@ -103,3 +106,20 @@ def backend_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
         "WORKER_MODE": "embedded",
         "WORKER_POLL_DELAY_S": 0.02,
     }
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the suite's redis-server, on a clean database."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Real Herald processes for drills, each with its own log file, killed at the end."""
+    with Processes(tmp_path) as started:
+        yield started

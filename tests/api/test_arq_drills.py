@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,12 +39,6 @@ def _arq_app(redis_url: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with Processes(tmp_path) as started:
-        yield started
-
-
-@pytest.fixture
 def start_worker(processes: Processes, redis_url: str) -> StartWorker:
     """``start_worker(entry_point, **env)``: a worker process on the test's Redis; killed at teardown."""
 
@@ -64,15 +57,6 @@ def start_worker(processes: Processes, redis_url: str) -> StartWorker:
         return processes.start(f"worker-{entry}", WORKER_COMMANDS[entry], child_env(**values))
 
     return start
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def _notification(client: httpx.AsyncClient, notification_id: str) -> dict[str, Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -175,12 +173,6 @@ async def test_openmetrics_when_the_scraper_asks(client_for: Any) -> None:
 
 
 # --- a worker process ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with Processes(tmp_path) as started:
-        yield started
 
 
 def _start_worker(processes: Processes, entry: str, redis_url: str, metrics_port: int) -> Process:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -41,21 +41,6 @@ CRASH_STEP = 3  # the first worker is killed while it runs (first drill) or righ
 # SMTP/WEBHOOK_TIMEOUT_S + 5 and arq's 5 s margin on top, so with 0.1 s below that is 10.1 + 10 = 20.1 s.
 RECOVERY_BOUND_S = 40.0
 NOTHING_LEFT = {"queued": 0, "arq job keys": 0, "running": 0, "deferred": 0}
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with Processes(tmp_path) as started:
-        yield started
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
