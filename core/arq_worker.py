@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -42,7 +42,7 @@ from core.errors import BackendUnavailableError, DuplicateJobError
 from core.execution import Outcome, Verdict, run_attempt
 from core.jobs import EXPIRED_NOTE, JobRecord, JobSpec, JobState, composed_key, spec_key, utcnow
 from core.observe import OBSERVERS_CTX_KEY, Observer
-from core.redis_stores import KEY_PREFIX, RedisDocumentStore, RedisJobStore
+from core.redis_stores import KEY_PREFIX, Membership, RedisDocumentStore, RedisJobStore
 from core.registry import TaskDef, TaskRegistry
 
 logger = logging.getLogger("herald.worker")
@@ -68,25 +68,44 @@ async def run_job(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwa
     """One arq job run = one attempt of ``task``, recorded in Herald's job record.
 
     While it runs, the job sits in ``herald:running`` scored with the time after which it counts
-    as stuck (``core.arq_recovery`` looks there for jobs a lost worker left ``running``).
+    as stuck (``core.arq_recovery`` looks there for jobs a lost worker left ``running``). It joins
+    that set in the write that marks it running and leaves it in the write of its outcome, so a
+    job costs Herald three round trips to Redis: read the record, start, finish.
     """
-    redis: Redis = ctx["redis"]
-    job_id: str = ctx["job_id"]
-    deadline_ms = int((time.time() + task.policy.timeout_s + TIMEOUT_MARGIN_S + RUNNING_MARGIN_S) * 1000)
-    try:  # tracked before the record says running, so no crash leaves it running untracked
-        await redis.zadd(RUNNING_KEY, {job_id: deadline_ms})
-    except RedisError as exc:
-        logger.warning("job %s: could not track it as running (%s)", job_id, type(exc).__name__)
+    tracked = _Tracked(ctx["job_id"])
     try:
-        return await _attempt(task, ctx, args, kwargs)
+        return await _attempt(task, ctx, args, kwargs, tracked)
     finally:
-        try:
-            await asyncio.shield(redis.zrem(RUNNING_KEY, job_id))
-        except RedisError as exc:  # never replace the job's outcome; recovery drops stale entries
-            logger.warning("job %s: could not untrack it (%s)", job_id, type(exc).__name__)
+        if tracked.listed:  # not taken out by an outcome write (not run, a chain's step, Redis trouble)
+            try:
+                await asyncio.shield(ctx["redis"].zrem(RUNNING_KEY, tracked.job_id))
+            except RedisError as exc:  # never replace the job's outcome; recovery drops stale entries
+                logger.warning("job %s: could not untrack it (%s)", tracked.job_id, type(exc).__name__)
 
 
-async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+@dataclass(slots=True)
+class _Tracked:
+    job_id: str
+    # Whether herald:running may list the job: a run that does not start it still drops what a lost
+    # worker's run of it left there.
+    listed: bool = True
+
+    def starting(self, task: TaskDef) -> Membership:
+        deadline_ms = int((time.time() + task.policy.timeout_s + TIMEOUT_MARGIN_S + RUNNING_MARGIN_S) * 1000)
+        return Membership(join={RUNNING_KEY: deadline_ms})
+
+    def ending(self, record: JobRecord, *, deferred_until_ms: int | None = None) -> Membership:
+        """Leave herald:running (and the expiry sweep's set: a finished job is not swept)."""
+        leave = (
+            [RUNNING_KEY] if record.expires_at is None or not record.state.is_terminal else [RUNNING_KEY, EXPIRING_KEY]
+        )
+        join = {DEFERRED_KEY: deferred_until_ms} if deferred_until_ms is not None else {}
+        return Membership(join=join, leave=leave)
+
+
+async def _attempt(
+    task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], tracked: _Tracked
+) -> Any:
     store: RedisJobStore = ctx[STORE_CTX_KEY]
     job_id: str = ctx["job_id"]
     record = await store.get(job_id)
@@ -99,11 +118,12 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
     was = record.state
     if record.is_expired():  # never start it late, even if the expiry sweep has not reached it
         record.move_to(JobState.EXPIRED, error=EXPIRED_NOTE)
-        if await store.save_if(record, [was]):
+        if await store.save_if(record, [was], Membership(leave=[EXPIRING_KEY])):
             logger.info("job %s expired before it started; not running it", job_id)
         return None
     record.start_attempt()
-    if not await store.save_if(record, [was]):
+    # Tracked in the same write that says running, so no crash leaves it running untracked.
+    if not await store.save_if(record, [was], tracked.starting(task)):
         logger.info("job %s changed state as it started (cancelled?); not running it", job_id)
         return None
     progress = _ProgressWriter(store, record)
@@ -116,7 +136,8 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
         # Shutdown (or a lost worker's job timeout): give the attempt back; arq re-queues the job.
         record.attempts -= 1
         record.move_to(JobState.QUEUED)
-        await asyncio.shield(store.save(record))
+        await asyncio.shield(store.save(record, tracked.ending(record)))
+        tracked.listed = False
         raise
     progress.close()  # before the outcome is written: no late progress write can follow it
     elapsed_s = time.perf_counter() - started
@@ -128,7 +149,7 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
         "duration_s": round(elapsed_s, 3),
     }
     try:
-        return await _record_outcome(ctx, record, outcome, elapsed_s, log_extra)
+        return await _record_outcome(ctx, record, outcome, elapsed_s, log_extra, tracked)
     except BackendUnavailableError as exc:
         # It ran, but where it stands could not be written: run it again (at least once) rather than
         # leave the record `running` with nothing left to move it on.
@@ -137,7 +158,12 @@ async def _attempt(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kw
 
 
 async def _record_outcome(
-    ctx: dict[str, Any], record: JobRecord, outcome: Outcome, elapsed_s: float, log_extra: dict[str, Any]
+    ctx: dict[str, Any],
+    record: JobRecord,
+    outcome: Outcome,
+    elapsed_s: float,
+    log_extra: dict[str, Any],
+    tracked: _Tracked,
 ) -> Any:
     store: RedisJobStore = ctx[STORE_CTX_KEY]
     job_id = record.id
@@ -147,17 +173,19 @@ async def _record_outcome(
         record.move_to(JobState.SUCCEEDED)
         following = await _next_step(ctx, record, outcome.result)
         if following is None:
-            await store.save(record)
-        else:  # this step's success and the next step's job in one write: a crash keeps both or neither
-            enqueuer: ArqEnqueuer = ctx[ENQUEUER_CTX_KEY]
-            try:
-                guard = composed_key(following.parent) if following.parent else None
-                written = await enqueuer.enqueue([following], finishing=record, guard=guard)
-                if not written.records:
-                    logger.info("job %s: its chain was cancelled; no next step", job_id, extra=log_extra)
-            except DuplicateJobError as exc:  # recovery took it back meanwhile: its new run continues the chain
-                logger.warning("job %s: %s", job_id, exc)
-                return None
+            await store.save(record, tracked.ending(record))
+            tracked.listed = False
+            return None
+        # This step's success and the next step's job in one write: a crash keeps both or neither.
+        enqueuer: ArqEnqueuer = ctx[ENQUEUER_CTX_KEY]
+        try:
+            guard = composed_key(following.parent) if following.parent else None
+            written = await enqueuer.enqueue([following], finishing=record, guard=guard)
+            if not written.records:
+                logger.info("job %s: its chain was cancelled; no next step", job_id, extra=log_extra)
+        except DuplicateJobError as exc:  # recovery took it back meanwhile: its new run continues the chain
+            logger.warning("job %s: %s", job_id, exc)
+            return None
         await _forget_expiry(ctx, record)
         return None
     if outcome.verdict is Verdict.RETRY and outcome.retry_in_s is not None:
@@ -171,17 +199,14 @@ async def _record_outcome(
         )
         due = utcnow() + timedelta(seconds=outcome.retry_in_s)
         record.move_to(JobState.RETRYING, error=outcome.error, next_attempt_at=due)
-        await store.save(record)
-        try:
-            await ctx["redis"].zadd(DEFERRED_KEY, {job_id: int(due.timestamp() * 1000)})
-        except RedisError:  # arq's own deferral still retries it on time, if without its priority band
-            raise Retry(defer=timedelta(seconds=outcome.retry_in_s)) from None
+        await store.save(record, tracked.ending(record, deferred_until_ms=int(due.timestamp() * 1000)))
+        tracked.listed = False
         # arq puts it out of its own reach; the promoter puts it back, banded, when it is due.
         raise Retry(defer=timedelta(milliseconds=FAR_FUTURE_MS))
     logger.warning("job %s failed: %s", job_id, outcome.error, extra=log_extra)
     record.move_to(JobState.FAILED, error=outcome.error)
-    await store.save(record)
-    await _forget_expiry(ctx, record)
+    await store.save(record, tracked.ending(record))
+    tracked.listed = False
     return None
 
 
@@ -479,6 +504,16 @@ class EmbeddedWorker:
         if worker is not None:
             await _discard(worker)
         self._worker = None
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where installed, as uvicorn picks it for the web process: a worker's time is mostly socket
+    I/O to Redis and receivers, which uvloop does in C (bench/worker_drain.py); else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # uvicorn[standard] leaves it out on Windows
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 @contextlib.asynccontextmanager

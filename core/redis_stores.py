@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -48,33 +49,67 @@ end
     states=", ".join(f"'{state.value}'" for state in JobState),
 )
 
+# A write may also add the job's id to sorted sets (with a score) and remove it from others, in the
+# same step: KEYS[2..] are the sets to add to, then the sets to remove from; ARGV[6] is how many to add
+# to and ARGV[7..] their scores. Returns the index of the first ARGV after those.
+MEMBERSHIP_LUA = """
+local function herald_memberships(id)
+  local adds = tonumber(ARGV[6])
+  for i = 1, adds do redis.call('ZADD', KEYS[1 + i], ARGV[6 + i], id) end
+  for i = 2 + adds, #KEYS do redis.call('ZREM', KEYS[i], id) end
+  return 7 + adds
+end
+"""
+
 # KEYS[1] record key; ARGV[1] new JSON, ARGV[2] TTL ms, ARGV[3] job id, ARGV[4] new state, ARGV[5] score.
 _SAVE = (
     INDEX_LUA
+    + MEMBERSHIP_LUA
     + """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 herald_index(ARGV[3], ARGV[4], ARGV[5])
+herald_memberships(ARGV[3])
 return 1
 """
 )
 
-# As _SAVE, then ARGV[6..] are the states the current record must be in.
+# As _SAVE, and the ARGVs after the memberships are the states the current record must be in.
 _SET_IF_STATE = (
     INDEX_LUA
+    + MEMBERSHIP_LUA
     + """
 local current = redis.call('GET', KEYS[1])
 if not current then return false end
 local state = cjson.decode(current)['state']
-for i = 6, #ARGV do
+local adds = tonumber(ARGV[6])
+for i = 7 + adds, #ARGV do
   if ARGV[i] == state then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
     herald_index(ARGV[3], ARGV[4], ARGV[5])
+    herald_memberships(ARGV[3])
     return 1
   end
 end
 return current
 """
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Sorted sets a record's write also adds its job id to (id -> score) or removes it from, atomically."""
+
+    join: Mapping[str, int] = field(default_factory=dict)
+    leave: Sequence[str] = ()
+
+    def keys(self) -> list[str]:
+        return [*self.join, *self.leave]
+
+    def args(self) -> list[Any]:
+        return [len(self.join), *self.join.values()]
+
+
+NO_MEMBERSHIP = Membership()
 
 
 def score_of(record: JobRecord) -> int:
@@ -96,21 +131,32 @@ class RedisJobStore:
         self._save = redis.register_script(_SAVE)
         self._set_if_state = redis.register_script(_SET_IF_STATE)
 
-    def _write_args(self, record: JobRecord) -> list[Any]:
-        return [json.dumps(record.to_json()), self._ttl_ms, record.id, record.state.value, score_of(record)]
+    def _write_args(self, record: JobRecord, membership: Membership) -> list[Any]:
+        return [
+            json.dumps(record.to_json()),
+            self._ttl_ms,
+            record.id,
+            record.state.value,
+            score_of(record),
+            *membership.args(),
+        ]
 
-    async def save(self, record: JobRecord) -> None:
+    async def save(self, record: JobRecord, membership: Membership = NO_MEMBERSHIP) -> None:
         try:
-            await self._save(keys=[JOB_PREFIX + record.id], args=self._write_args(record))
+            await self._save(
+                keys=[JOB_PREFIX + record.id, *membership.keys()], args=self._write_args(record, membership)
+            )
         except RedisError as exc:
             raise unavailable(exc) from exc
 
-    async def save_if(self, record: JobRecord, expected: Iterable[JobState]) -> bool:
+    async def save_if(
+        self, record: JobRecord, expected: Iterable[JobState], membership: Membership = NO_MEMBERSHIP
+    ) -> bool:
         """Save ``record`` only if the stored one is in one of the ``expected`` states."""
         try:
             result = await self._set_if_state(
-                keys=[JOB_PREFIX + record.id],
-                args=[*self._write_args(record), *(state.value for state in expected)],
+                keys=[JOB_PREFIX + record.id, *membership.keys()],
+                args=[*self._write_args(record, membership), *(state.value for state in expected)],
             )
         except RedisError as exc:
             raise unavailable(exc) from exc

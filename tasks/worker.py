@@ -26,7 +26,7 @@ from arq.connections import RedisSettings
 from prometheus_client import CollectorRegistry
 
 from core.arq_backend import ArqBackend
-from core.arq_worker import EmbeddedWorker, worker_options
+from core.arq_worker import EmbeddedWorker, event_loop_factory, worker_options
 from core.config import Settings, get_settings
 from core.cron import CronScheduler, RedisCronHistory, RedisLease
 from core.errors import ConfigError
@@ -222,7 +222,8 @@ def main() -> None:
         sys.stderr.write(f"herald worker: {exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(settings))
 
 
 if __name__ == "__main__":
