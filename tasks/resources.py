@@ -30,7 +30,9 @@ def build_mailer(settings: Settings) -> Mailer:
 
 
 def build_webhook_client(settings: Settings) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=WEBHOOK_CONNECTIONS, max_keepalive_connections=20)
+    # All kept alive (each closes after 5 s idle): httpcore 1.0 evicts idle connections whenever the
+    # pool holds more than max_keepalive_connections in all, busy ones included (encode/httpcore#1035).
+    limits = httpx.Limits(max_connections=WEBHOOK_CONNECTIONS, max_keepalive_connections=WEBHOOK_CONNECTIONS)
     return httpx.AsyncClient(
         transport=GuardedTransport(allow_private=settings.WEBHOOK_ALLOW_PRIVATE, limits=limits),
         timeout=httpx.Timeout(settings.WEBHOOK_TIMEOUT_S),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -17,7 +18,12 @@ from typing import Any
 import httpcore
 import httpx
 
+from tasks.channels.sharded_pool import ShardedConnectionPool
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+SHARD_CONNECTIONS = 8
+DEFAULT_MAX_CONNECTIONS = 100  # httpx's own, for Limits(max_connections=None)
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
@@ -132,19 +138,29 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport with the guarded network backend underneath.
+    """httpx's own transport with the guarded network backend underneath, its pool sharded.
 
     httpx 0.28 has no public hook for a network backend, so the pool is rebuilt with the same
-    settings; the pinned httpx version keeps this honest.
+    settings; the pinned httpx version keeps this honest. ``limits`` are split over shards of at most
+    SHARD_CONNECTIONS connections (see tasks/channels/sharded_pool.py for why).
     """
 
     def __init__(self, *, allow_private: bool, limits: httpx.Limits) -> None:
         super().__init__(limits=limits, trust_env=False)
         ssl_context = httpx.create_ssl_context(trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedNetworkBackend(allow_private=allow_private),
+        backend = GuardedNetworkBackend(allow_private=allow_private)
+        total = limits.max_connections or DEFAULT_MAX_CONNECTIONS
+        count = math.ceil(total / SHARD_CONNECTIONS)
+        keepalive = limits.max_keepalive_connections if limits.max_keepalive_connections is not None else total
+        self._pool = ShardedConnectionPool(  # type: ignore[assignment]
+            [
+                httpcore.AsyncConnectionPool(
+                    ssl_context=ssl_context,
+                    max_connections=math.ceil(total / count),
+                    max_keepalive_connections=math.ceil(keepalive / count),
+                    keepalive_expiry=limits.keepalive_expiry,
+                    network_backend=backend,
+                )
+                for _ in range(count)
+            ]
         )
