@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run run-example worker test lint browser fmt clean
+.PHONY: run run-example worker test lint browser fmt clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,18 @@ browser:
 
 test: lint browser
 	$(BIN)/python -m pytest
+
+# Issue 7's benchmarks (bench/run_all.py): docs/bench-results.md and docs/benchmarks.png, under ten minutes.
+# HTTP load comes from Debian's wrk, installed here when missing and we can (root + apt-get); without it the
+# benchmark falls back to a Python load generator and says so in the results.
+bench: | $(BIN)/python
+	$(PIP) -r requirements-bench.txt
+	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing wrk for the HTTP benchmark (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+			|| echo "could not install wrk: using the Python load generator" >&2; \
+	fi
+	$(BIN)/python -m bench.run_all
 
 fmt: $(VENV)/.dev-deps
 	$(BIN)/ruff format .

@@ -10,12 +10,17 @@ from typing import Any, ClassVar
 
 from arq.connections import RedisSettings
 
+from core.config import Settings
+
 
 async def noop(ctx: dict[str, Any]) -> None:
     return None
 
 
 REDIS = RedisSettings.from_dsn(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+# Herald's shipped defaults, read from its Settings so that the baseline follows them if they change.
+HERALD_MAX_JOBS: int = Settings.model_fields["WORKER_MAX_JOBS"].default
+HERALD_POLL_DELAY_S: float = Settings.model_fields["WORKER_POLL_DELAY_S"].default
 
 
 # arq reads a settings class's own __dict__, so each class spells out every setting (no inheritance).
@@ -27,5 +32,5 @@ class DefaultSettings:
 class TunedSettings:
     functions: ClassVar[list[Any]] = [noop]
     redis_settings = REDIS
-    max_jobs = 50  # Herald's WORKER_MAX_JOBS default
-    poll_delay = 0.1  # Herald's WORKER_POLL_DELAY_S default
+    max_jobs = HERALD_MAX_JOBS
+    poll_delay = HERALD_POLL_DELAY_S

@@ -1,118 +1,66 @@
-"""POST /notify latency of Herald (in-process) against a bare FastAPI endpoint, in the same run.
+"""POST /notify latency of Herald (in-process) against a bare FastAPI endpoint, one request at a time, same run.
 
     .venv/bin/python -m bench.notify_latency [--requests 2000]
 
 Each server is one uvicorn process on 127.0.0.1; the client sends requests one at a time over one
-keep-alive connection, so the figures are per-request service latency, not throughput.
+keep-alive connection, so the figures are per-request service latency, not throughput (that is
+``bench.http_throughput``). Herald's body: one email recipient, template ``welcome``; emails go to the
+console backend (the child's log file).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import platform
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.report import Section, percentile_ms, ratio, run_alone, times
+from bench.support import Server, herald_api, uvicorn_app
+
 BODY = {"to": [{"channel": "email", "address": "ada@example.com"}], "template": "welcome", "context": {"name": "Ada"}}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
-    return subprocess.Popen(
-        [part.format(port=port) for part in command],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def measure(port: int, requests: int, warmup: int) -> list[float]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.05)
-        latencies = []
-        for n in range(warmup + requests):
+async def latencies(server: Server, requests: int) -> list[float]:
+    """Seconds per request for ``requests`` sequential POSTs, after a tenth as many discarded."""
+    measured = []
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        for n in range(requests // 10 + requests):
             started = time.perf_counter()
             response = await client.post("/notify", json=BODY)
             elapsed = time.perf_counter() - started
             if response.status_code != 202:
                 raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
-            if n >= warmup:
-                latencies.append(elapsed)
-        return latencies
+            if n >= requests // 10:
+                measured.append(elapsed)
+    return measured
 
 
-def run(command: list[str], requests: int) -> list[float]:
-    port = free_port()
-    proc = start(command, port)
-    try:
-        return asyncio.run(measure(port, requests, warmup=max(1, requests // 10)))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
-
-
-SERVERS = {
-    "bare FastAPI endpoint": [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "bench.bare_app:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-    ],
-    "Herald POST /notify (inline)": [sys.executable, "-m", "api"],
-}
+async def measure(requests: int) -> Section:
+    async with uvicorn_app("bare-app", "bench.bare_app:create_app", factory=True) as bare:
+        baseline = await latencies(bare, requests)
+    async with herald_api(TASK_BACKEND="inline") as herald:
+        ours = await latencies(herald, requests)
+    rows = [
+        [name, f"{percentile_ms(values, 50):.2f}", f"{percentile_ms(values, 99):.2f}",
+         f"{statistics.mean(values) * 1000:.2f}"]
+        for name, values in [("bare FastAPI endpoint", baseline), ("Herald POST /notify (in-process)", ours)]
+    ]  # fmt: skip
+    p50, p99 = (ratio(percentile_ms(ours, q), percentile_ms(baseline, q)) for q in (50, 99))
+    return Section(
+        title="POST /notify latency, one request at a time",
+        command=f".venv/bin/python -m bench.notify_latency --requests {requests}",
+        header=["Server", "p50 ms", "p99 ms", "mean ms"],
+        rows=rows,
+        notes=[f"Ratio Herald/bare: p50 {times(p50)}, p99 {times(p99)}. Issue 7 sets no target for this one."],
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
-    args = parser.parse_args()
-    results = {name: run(command, args.requests) for name, command in SERVERS.items()}
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"command: .venv/bin/python -m bench.notify_latency --requests {args.requests}\n")
-    print("| server | p50 ms | p99 ms | mean ms |")
-    print("|---|---|---|---|")
-    for name, values in results.items():
-        print(f"| {name} | {pct(values, 50):.2f} | {pct(values, 99):.2f} | {statistics.mean(values) * 1000:.2f} |")
-    base, herald = results["bare FastAPI endpoint"], results["Herald POST /notify (inline)"]
-    print(
-        f"\nratio Herald/bare: p50 {pct(herald, 50) / pct(base, 50):.2f}x, p99 {pct(herald, 99) / pct(base, 99):.2f}x"
-    )
+    run_alone(measure(parser.parse_args().requests))
 
 
 if __name__ == "__main__":

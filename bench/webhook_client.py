@@ -1,26 +1,23 @@
-"""Webhook client cost: CPU per signed POST with Herald's sharded pool vs one httpcore pool, same run.
+"""Webhook client cost: CPU per signed POST with Herald's webhook client vs httpx as it was, same run.
 
     .venv/bin/python -m bench.webhook_client [--requests 4000] [--concurrency 5 50]
 
-A fast receiver (bench/fast_receiver.py) runs in its own process on 127.0.0.1; this process sends
-``post_webhook`` (Herald's signed POST) through two clients built like ``build_webhook_client``: one
-whose connections are split over shards (what Herald ships) and one with a single httpcore pool (what
-it had before). The figure is this process's CPU time (user + system) per request, so the receiver's
-share of the machine does not count; wall-clock requests/s is printed beside it.
+A fast receiver (bench/fast_receiver.py) runs in its own process on 127.0.0.1; this process sends the same
+signed POSTs three ways: Herald's ``WebhookClient`` (httpcore pools, sharded, no httpx client layer), an
+httpx.AsyncClient over the same sharded pools, and an httpx.AsyncClient over one httpcore pool of 100 with 20
+kept alive (what Herald used before). The figure is this process's CPU time (user + system) per request, so
+the receiver's share of the machine does not count; wall-clock requests/s is printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import functools
 import platform
 import resource
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpcore
@@ -28,37 +25,18 @@ import httpx
 import uvloop
 from standardwebhooks import Webhook
 
+from bench.support import WEBHOOK_SECRET, delivery_payload, fast_receiver
 from core.config import Settings
 from tasks.channels.netguard import GuardedNetworkBackend
-from tasks.channels.webhook import post_webhook
+from tasks.channels.webhook import post_webhook, signed_headers, webhook_body
 from tasks.messages import DeliveryPayload
-from tasks.resources import build_webhook_client
-from tests.support.smtp import free_port
+from tasks.resources import build_webhook_client, build_webhook_sender
 
-ROOT = Path(__file__).resolve().parents[1]
-SECRET = "whsec_" + base64.b64encode(b"herald-bench-secret-0123456789abcdef").decode()
 WARMUP = 200
 
 
-def payload(n: int, url: str) -> DeliveryPayload:
-    return {
-        "delivery_id": f"dlv_{n:06d}",
-        "notification_id": "ntf_bench",
-        "channel": "webhook",
-        "address": url,
-        "event_type": "notification.bench",
-        "created_at": "2026-11-23T00:00:00+00:00",
-        "subject": "Benchmark",
-        "text": "Hello, this is a benchmark delivery.",
-        "html": None,
-        "template": None,
-        "context": {},
-        "metadata": {},
-    }
-
-
 def single_pool_client(settings: Settings) -> httpx.AsyncClient:
-    """Herald's client before sharding: one pool of 100 connections, 20 kept alive."""
+    """The httpx client Herald used before: one pool of 100 connections, 20 kept alive."""
     client = build_webhook_client(settings)
     client._transport._pool = httpcore.AsyncConnectionPool(  # type: ignore[attr-defined]
         max_connections=100,
@@ -66,6 +44,16 @@ def single_pool_client(settings: Settings) -> httpx.AsyncClient:
         network_backend=GuardedNetworkBackend(allow_private=True),
     )
     return client
+
+
+async def httpx_post(client: httpx.AsyncClient, signer: Webhook, payload: DeliveryPayload) -> int:
+    """The signed POST as Herald sent it through httpx: body streamed and read up to the same bound."""
+    body = webhook_body(payload)
+    headers = signed_headers(signer, payload["delivery_id"], body)
+    async with client.stream("POST", payload["address"], content=body.encode(), headers=headers) as response:
+        async for _ in response.aiter_raw():
+            pass
+        return response.status_code
 
 
 def cpu_s() -> float:
@@ -88,57 +76,39 @@ async def measure(send: Callable[[int], Awaitable[int]], requests: int, concurre
 
 
 async def compare(url: str, requests: int, concurrency: int) -> None:
-    values: dict[str, Any] = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_PRIVATE": True}
+    values: dict[str, Any] = {"WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_ALLOW_PRIVATE": True}
     settings = Settings(**values)
-    signer = Webhook(SECRET)
-    clients = {"sharded (Herald)": build_webhook_client(settings), "one pool (before)": single_pool_client(settings)}
-    figures: dict[str, tuple[float, float]] = {}
-    for name, client in clients.items():
-        async with client:
-
-            async def send(n: int, client: httpx.AsyncClient = client) -> int:
-                return await post_webhook(client, signer, payload(n, url))
-
-            figures[name] = await measure(send, requests, concurrency)
+    signer = Webhook(WEBHOOK_SECRET)
+    senders: dict[str, Callable[[int], Awaitable[int]]] = {}
+    async with (
+        build_webhook_sender(settings) as herald,
+        build_webhook_client(settings) as sharded_httpx,
+        single_pool_client(settings) as one_pool_httpx,
+    ):
+        senders["Herald WebhookClient"] = lambda n: post_webhook(herald, signer, delivery_payload(n, "webhook", url))
+        for name, client in (("httpx, sharded pool", sharded_httpx), ("httpx, one pool", one_pool_httpx)):
+            senders[name] = functools.partial(_via_httpx, client, signer, url)
+        figures = {name: await measure(send, requests, concurrency) for name, send in senders.items()}
     for name, (cpu_ms, rate) in figures.items():
-        print(f"  concurrency {concurrency:3d}  {name:18s} {cpu_ms:6.3f} ms CPU/request  {rate:6.0f} requests/s")
-    ratio = figures["one pool (before)"][0] / figures["sharded (Herald)"][0]
-    print(f"  concurrency {concurrency:3d}  CPU per request, before / sharded: {ratio:.2f}x")
+        print(f"  concurrency {concurrency:3d}  {name:21s} {cpu_ms:6.3f} ms CPU/request  {rate:6.0f} requests/s")
+    before = figures["httpx, one pool"][0] / figures["Herald WebhookClient"][0]
+    print(f"  concurrency {concurrency:3d}  CPU per request, httpx one pool / Herald: {before:.2f}x")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[5, 50])
-    args = parser.parse_args()
-    port = free_port()
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.fast_receiver:app", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/hook"
-        uvloop.run(_wait_then_compare(url, args.requests, args.concurrency))
-    finally:
-        receiver.terminate()
-        receiver.wait(timeout=30)
+async def _via_httpx(client: httpx.AsyncClient, signer: Webhook, url: str, n: int) -> int:
+    return await httpx_post(client, signer, delivery_payload(n, "webhook", url))
 
 
-async def _wait_then_compare(url: str, requests: int, levels: list[int]) -> None:
-    deadline = time.monotonic() + 20
-    async with httpx.AsyncClient() as probe:
-        while True:
-            try:
-                await probe.get(url)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+async def main(requests: int, levels: list[int]) -> None:
     print(f"python {platform.python_version()}, httpx {httpx.__version__}, httpcore {httpcore.__version__}")
-    for concurrency in levels:
-        await compare(url, requests, concurrency)
+    async with fast_receiver() as receiver:
+        for concurrency in levels:
+            await compare(f"{receiver.url}/hook", requests, concurrency)
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[5, 50])
+    arguments = parser.parse_args()
+    uvloop.run(main(arguments.requests, arguments.concurrency))

@@ -16,11 +16,13 @@ from core.jobs import JobContext
 from core.logging import bind_log_fields
 from tasks.channels.email import Mailer, build_message
 from tasks.channels.webhook import post_webhook
+from tasks.channels.webhook_client import WebhookClient
 from tasks.messages import DeliveryPayload
 
 
 class DeliveryContext(JobContext):
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # for an application's own tasks; webhooks go through ``webhooks``
+    webhooks: WebhookClient
     mailer: Mailer
     email_from: Address
     webhook_signer: Webhook | None
@@ -38,7 +40,7 @@ async def send_webhook(ctx: DeliveryContext, payload: DeliveryPayload) -> int:
     signer = ctx["webhook_signer"]
     if signer is None:
         raise PermanentError("WEBHOOK_SECRET is not set on this server", channel="webhook")
-    return await post_webhook(ctx["http"], signer, payload)
+    return await post_webhook(ctx["webhooks"], signer, payload)
 
 
 def _bind_ids(payload: DeliveryPayload) -> None:

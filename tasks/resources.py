@@ -11,6 +11,7 @@ from standardwebhooks import Webhook
 from core.config import Settings
 from tasks.channels.email import ConsoleMailer, Mailer, SmtpMailer
 from tasks.channels.netguard import GuardedTransport
+from tasks.channels.webhook_client import WebhookClient
 
 WEBHOOK_CONNECTIONS = 100
 
@@ -41,15 +42,24 @@ def build_webhook_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+def build_webhook_sender(settings: Settings) -> WebhookClient:
+    return WebhookClient(
+        allow_private=settings.WEBHOOK_ALLOW_PRIVATE,
+        timeout_s=settings.WEBHOOK_TIMEOUT_S,
+        max_connections=WEBHOOK_CONNECTIONS,
+    )
+
+
 @asynccontextmanager
 async def delivery_resources(settings: Settings) -> AsyncIterator[dict[str, object]]:
     """The shared part of every DeliveryContext (the runner adds ``job_id`` and ``job_try``)."""
     secret = settings.WEBHOOK_SECRET
     mailer = build_mailer(settings)
-    async with build_webhook_client(settings) as http:
+    async with build_webhook_client(settings) as http, build_webhook_sender(settings) as webhooks:
         try:
             yield {
                 "http": http,
+                "webhooks": webhooks,
                 "mailer": mailer,
                 "email_from": settings.email_from_address,
                 "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import math
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -18,11 +17,10 @@ from typing import Any
 import httpcore
 import httpx
 
-from tasks.channels.sharded_pool import ShardedConnectionPool
+from tasks.channels.sharded_pool import sharded
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-SHARD_CONNECTIONS = 8
 DEFAULT_MAX_CONNECTIONS = 100  # httpx's own, for Limits(max_connections=None)
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -142,25 +140,18 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
 
     httpx 0.28 has no public hook for a network backend, so the pool is rebuilt with the same
     settings; the pinned httpx version keeps this honest. ``limits`` are split over shards of at most
-    SHARD_CONNECTIONS connections (see tasks/channels/sharded_pool.py for why).
+    SHARD_CONNECTIONS connections (see tasks/channels/sharded_pool.py for why). Application tasks use
+    it as ``ctx["http"]``; webhooks go through tasks/channels/webhook_client.py.
     """
 
     def __init__(self, *, allow_private: bool, limits: httpx.Limits) -> None:
         super().__init__(limits=limits, trust_env=False)
-        ssl_context = httpx.create_ssl_context(trust_env=False)
-        backend = GuardedNetworkBackend(allow_private=allow_private)
-        total = limits.max_connections or DEFAULT_MAX_CONNECTIONS
-        count = math.ceil(total / SHARD_CONNECTIONS)
-        keepalive = limits.max_keepalive_connections if limits.max_keepalive_connections is not None else total
-        self._pool = ShardedConnectionPool(  # type: ignore[assignment]
-            [
-                httpcore.AsyncConnectionPool(
-                    ssl_context=ssl_context,
-                    max_connections=math.ceil(total / count),
-                    max_keepalive_connections=math.ceil(keepalive / count),
-                    keepalive_expiry=limits.keepalive_expiry,
-                    network_backend=backend,
-                )
-                for _ in range(count)
-            ]
+        total = DEFAULT_MAX_CONNECTIONS if limits.max_connections is None else limits.max_connections
+        keepalive = total if limits.max_keepalive_connections is None else limits.max_keepalive_connections
+        self._pool = sharded(  # type: ignore[assignment]
+            max_connections=total,
+            max_keepalive_connections=keepalive,
+            keepalive_expiry=limits.keepalive_expiry,
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            network_backend=GuardedNetworkBackend(allow_private=allow_private),
         )

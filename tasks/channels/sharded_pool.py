@@ -10,14 +10,42 @@ within a shard is unchanged.
 
 from __future__ import annotations
 
+import math
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from types import TracebackType
 
 import httpcore
 
+SHARD_CONNECTIONS = 8
+
+
+def sharded(
+    *,
+    max_connections: int,
+    max_keepalive_connections: int,
+    ssl_context: ssl.SSLContext,
+    network_backend: httpcore.AsyncNetworkBackend,
+    keepalive_expiry: float | None = None,
+) -> ShardedConnectionPool:
+    """Pools of at most SHARD_CONNECTIONS connections each, ``max_connections`` in all."""
+    count = math.ceil(max_connections / SHARD_CONNECTIONS)
+    return ShardedConnectionPool(
+        [
+            httpcore.AsyncConnectionPool(
+                ssl_context=ssl_context,
+                max_connections=math.ceil(max_connections / count),
+                max_keepalive_connections=math.ceil(max_keepalive_connections / count),
+                keepalive_expiry=keepalive_expiry,
+                network_backend=network_backend,
+            )
+            for _ in range(count)
+        ]
+    )
+
 
 class ShardedConnectionPool:
-    """The part of ``httpcore.AsyncConnectionPool`` that httpx's transport uses, over ``shards``."""
+    """What httpx's transport and WebhookClient use of ``httpcore.AsyncConnectionPool``, over ``shards``."""
 
     def __init__(self, shards: Sequence[httpcore.AsyncConnectionPool]) -> None:
         if not shards:

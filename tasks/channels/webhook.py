@@ -1,4 +1,4 @@
-"""Signed webhooks (Standard Webhooks) over one shared httpx.AsyncClient.
+"""Signed webhooks (Standard Webhooks) over one shared WebhookClient.
 
 Only a 2xx answer is success. Redirects are not followed. Connect errors, timeouts, 408, 429 and
 5xx are retried (``Retry-After`` honoured); any other answer, and a refused destination, is final.
@@ -10,11 +10,13 @@ import json
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+import httpcore
 import httpx
 from standardwebhooks import Webhook
 
 from core.errors import PermanentError, RetryableError
 from tasks.channels.netguard import ForbiddenDestinationError
+from tasks.channels.webhook_client import WebhookClient
 from tasks.messages import DeliveryPayload
 
 CHANNEL = "webhook"
@@ -54,46 +56,34 @@ def signed_headers(signer: Webhook, delivery_id: str, body: str, now: datetime |
     }
 
 
-async def post_webhook(client: httpx.AsyncClient, signer: Webhook, payload: DeliveryPayload) -> int:
+async def post_webhook(client: WebhookClient, signer: Webhook, payload: DeliveryPayload) -> int:
     """POST the signed payload once; return the status code or raise a TaskError."""
     body = webhook_body(payload)
     headers = signed_headers(signer, payload["delivery_id"], body)
     try:
-        async with client.stream(
-            "POST", payload["address"], content=body.encode(), headers=headers, follow_redirects=False
-        ) as response:
-            if response.is_success:
-                await _read_at_most(response, SUCCESS_BODY_BYTES)
-                return response.status_code
-            excerpt = await _read_excerpt(response)
+        reply = await client.post(payload["address"], body.encode(), headers, read_at_most=_body_to_read)
     except ForbiddenDestinationError as exc:
         raise PermanentError(f"destination refused: {exc}", channel=CHANNEL) from exc
-    except httpx.TimeoutException as exc:
+    except httpx.InvalidURL as exc:
+        raise PermanentError(f"cannot send to this URL: {exc}", channel=CHANNEL) from exc
+    except httpcore.TimeoutException as exc:
         raise RetryableError(f"timed out ({type(exc).__name__})", channel=CHANNEL) from exc
-    except httpx.TransportError as exc:
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
         raise RetryableError(f"connection failed: {type(exc).__name__}: {exc}", channel=CHANNEL) from exc
-    status = response.status_code
-    reason = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
-    if status in RETRYABLE_STATUS:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        raise RetryableError(reason, channel=CHANNEL, status_code=status, retry_after_s=retry_after)
-    if response.is_redirect:
-        reason += f" (redirects are not followed; Location: {response.headers.get('location', '-')})"
-    raise PermanentError(reason, channel=CHANNEL, status_code=status)
+    if reply.is_success:
+        return reply.status
+    excerpt = reply.body.decode("utf-8", "replace").strip()
+    reason = f"HTTP {reply.status}" + (f": {excerpt}" if excerpt else "")
+    if reply.status in RETRYABLE_STATUS:
+        retry_after = parse_retry_after(reply.headers.get("retry-after"))
+        raise RetryableError(reason, channel=CHANNEL, status_code=reply.status, retry_after_s=retry_after)
+    if reply.is_redirect:
+        reason += f" (redirects are not followed; Location: {reply.headers.get('location', '-')})"
+    raise PermanentError(reason, channel=CHANNEL, status_code=reply.status)
 
 
-async def _read_excerpt(response: httpx.Response) -> str:
-    chunks = await _read_at_most(response, ERROR_BODY_BYTES)
-    return chunks[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
-    chunks = bytearray()
-    async for chunk in response.aiter_raw():
-        chunks.extend(chunk)
-        if len(chunks) >= limit:
-            break
-    return bytes(chunks)
+def _body_to_read(status: int) -> int:
+    return SUCCESS_BODY_BYTES if 200 <= status < 300 else ERROR_BODY_BYTES
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

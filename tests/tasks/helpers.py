@@ -17,7 +17,7 @@ from tasks.channels.email import Mailer
 from tasks.delivery import DeliveryContext
 from tasks.messages import Channel, DeliveryPayload
 from tasks.registry import TASK_FOR_CHANNEL, build_registry
-from tasks.resources import build_mailer, build_webhook_client, delivery_resources
+from tasks.resources import build_mailer, build_webhook_client, build_webhook_sender, delivery_resources
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.waiting import eventually
 
@@ -61,12 +61,13 @@ async def delivery_context(
 ) -> AsyncIterator[DeliveryContext]:
     """A DeliveryContext over the real clients ``tasks.resources`` builds; closes them after."""
     mailer = mailer or build_mailer(settings)
-    async with build_webhook_client(settings) as http:
+    async with build_webhook_client(settings) as http, build_webhook_sender(settings) as webhooks:
         try:
             yield DeliveryContext(
                 job_id="job_test",
                 job_try=1,
                 http=http,
+                webhooks=webhooks,
                 mailer=mailer,
                 email_from=settings.email_from_address,
                 webhook_signer=Webhook(WEBHOOK_SECRET) if signed else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -279,3 +280,25 @@ async def test_a_huge_success_body_is_not_read_to_its_end(make_settings: Setting
     async with delivery_context(make_settings()) as ctx:
         status = await send_webhook(ctx, make_payload(address=receiver.url("/huge")))
     assert status == 200
+
+
+async def test_the_request_carries_host_length_and_url_credentials(
+    make_settings: SettingsFactory, receiver: Receiver
+) -> None:
+    """What httpx's client used to add, the webhook client adds itself: Host with the port, Content-Length, and
+    Basic auth from credentials in the URL (percent-decoded)."""
+    address = f"http://hook%40user:s%3Acret@localhost:{receiver.port}/creds?x=1"
+    async with delivery_context(make_settings()) as ctx:
+        await send_webhook(ctx, make_payload(address=address))
+    [request] = receiver.received("/creds")
+    assert request.headers["host"] == f"localhost:{receiver.port}"
+    assert request.headers["content-length"] == str(len(request.body))
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"hook@user:s:cret").decode()
+    assert request.verified is True
+
+
+@pytest.mark.parametrize("address", ["ftp://example.com/hook", "http:///no-host", "/relative/hook"])
+async def test_a_url_that_cannot_be_sent_to_fails_permanently(make_settings: SettingsFactory, address: str) -> None:
+    async with delivery_context(make_settings()) as ctx:
+        with pytest.raises(PermanentError, match="cannot send to this URL"):
+            await send_webhook(ctx, make_payload(address=address))

@@ -1,0 +1,110 @@
+"""The HTTP client webhooks are POSTed with: httpcore's pools, guarded and sharded, without httpx's client.
+
+httpx.AsyncClient wraps every request in what a webhook POST never uses (base-URL merging, cookies,
+auth and redirect flows, event hooks, header defaults), and that layer cost about a third of each
+request's CPU (bench/webhook_client.py). URLs are still parsed by httpx, so hosts are IDNA-encoded and
+paths quoted exactly as before; connections go through the same SSRF guard (tasks/channels/netguard.py).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpcore
+import httpx
+
+from tasks.channels.netguard import GuardedNetworkBackend
+from tasks.channels.sharded_pool import ShardedConnectionPool, sharded
+
+DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]  # names lower-cased; a repeated header keeps its last value
+    body: bytes  # at most what the caller asked to read
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status in (301, 302, 303, 307, 308) and "location" in self.headers
+
+
+class WebhookClient:
+    """POSTs a body and reads at most part of the answer; never follows redirects.
+
+    Raises ``httpx.InvalidURL`` for a URL that cannot be sent to, the guard's
+    ``ForbiddenDestinationError``, and httpcore's own errors (``httpcore.TimeoutException`` and the rest).
+    """
+
+    def __init__(self, *, allow_private: bool, timeout_s: float, max_connections: int) -> None:
+        self._pool = sharded(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            network_backend=GuardedNetworkBackend(allow_private=allow_private),
+        )
+        self._timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+
+    @property
+    def pool(self) -> ShardedConnectionPool:
+        return self._pool
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, read_at_most: Callable[[int], int]
+    ) -> Reply:
+        """POST ``body``; of the answer, read ``read_at_most(status)`` bytes of its body at most."""
+        target = httpx.URL(url)
+        if target.raw_scheme not in DEFAULT_PORTS or not target.raw_host:
+            raise httpx.InvalidURL(f"not an http(s) URL with a host: {url!r}")
+        request = httpcore.Request(
+            b"POST",
+            httpcore.URL(scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path),
+            headers=[*_request_headers(target, len(body)), *headers.items()],
+            content=body,
+            extensions={"timeout": self._timeouts},
+        )
+        response = await self._pool.handle_async_request(request)
+        try:
+            limit = read_at_most(response.status)
+            received = bytearray()
+            if limit > 0:
+                async for chunk in response.aiter_stream():
+                    received.extend(chunk)
+                    if len(received) >= limit:
+                        break
+        finally:
+            await response.aclose()
+        answer = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in response.headers}
+        return Reply(response.status, answer, bytes(received[:limit]))
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    async def __aenter__(self) -> WebhookClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+
+def _request_headers(url: httpx.URL, length: int) -> list[tuple[bytes, bytes]]:
+    """What httpx would have added: Host (with a non-default port), Content-Length, Basic auth from the URL."""
+    host = url.raw_host if url.port is None else url.raw_host + b":%d" % url.port
+    headers = [(b"host", host), (b"content-length", b"%d" % length)]
+    if url.userinfo:
+        credentials = f"{url.username}:{url.password}".encode()
+        headers.append((b"authorization", b"Basic " + base64.b64encode(credentials)))
+    return headers
