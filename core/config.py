@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from email.headerregistry import Address
 from email.utils import parseaddr
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +27,14 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 MIN_WEBHOOK_SECRET_BYTES = 24
+
+# SMS_FROM: an E.164 number (as tasks/channels/sms.py checks recipients), a Twilio Messaging Service SID
+# (sent as MessagingServiceSid), or an alphanumeric sender ID (1-11 letters, digits, spaces; one letter at least).
+_SMS_FROM_NUMBER = re.compile(r"\+[1-9][0-9]{7,14}")
+_SMS_FROM_SERVICE = re.compile(r"MG[0-9a-fA-F]{32}")
+_SMS_FROM_ALPHANUMERIC = re.compile(r"(?=[A-Za-z0-9 ]*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+# Goes into the URL path: Twilio's is AC + 32 hex digits; compatible providers use other ids (UUIDs).
+_SMS_ACCOUNT_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -62,6 +72,13 @@ class Settings(BaseSettings):
     WEBHOOK_ALLOW_PRIVATE: bool = False
     WEBHOOK_TIMEOUT_S: PositiveSeconds = 10.0
 
+    SMS_API_BASE_URL: str = "https://api.twilio.com"
+    SMS_ACCOUNT_SID: str | None = None
+    SMS_AUTH_TOKEN: SecretStr | None = None
+    SMS_FROM: str | None = None
+    SMS_TIMEOUT_S: PositiveSeconds = 10.0
+    SMS_MAX_SEGMENTS: int = Field(default=10, ge=1, le=10)
+
     TASK_CONCURRENCY: int = Field(default=20, ge=1, le=1000)
     TASK_QUEUE_MAX: int = Field(default=10_000, ge=1, le=1_000_000)
     SHUTDOWN_GRACE_S: PositiveSeconds = 20.0
@@ -70,6 +87,7 @@ class Settings(BaseSettings):
     RETRY_MAX_DELAY_S: PositiveSeconds = 300.0
     EMAIL_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=50)
     WEBHOOK_MAX_ATTEMPTS: int = Field(default=8, ge=1, le=50)
+    SMS_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=50)
 
     RECORD_MAX_COUNT: int = Field(default=10_000, ge=10, le=10_000_000)
     RECORD_TTL_S: PositiveSeconds = 7 * 24 * 3600.0
@@ -120,6 +138,57 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("SMS_API_BASE_URL")
+    @classmethod
+    def _sms_api_base_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+            _ = parts.port  # a port that is not a number, or out of range, raises ValueError
+        except ValueError:
+            raise ValueError("must be an http(s) URL such as 'https://api.twilio.com'") from None
+        if parts.scheme not in ("https", "http") or not host:
+            raise ValueError("must be an http(s) URL with a host, such as 'https://api.twilio.com'")
+        if parts.username is not None or parts.password is not None:
+            # never echoed: it would be the token
+            raise ValueError("must not contain credentials: set SMS_ACCOUNT_SID and SMS_AUTH_TOKEN instead")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment")
+        if parts.scheme == "http" and not _is_loopback(host):
+            raise ValueError("must be https: the auth token is sent with every request (http only for loopback)")
+        return value.rstrip("/")
+
+    @field_validator("SMS_ACCOUNT_SID")
+    @classmethod
+    def _sms_account_sid(cls, value: str | None) -> str | None:
+        if value is not None and not _SMS_ACCOUNT_SID.fullmatch(value):
+            raise ValueError("must be the provider's account id, e.g. Twilio's 'AC' + 32 hex digits")
+        return value
+
+    @field_validator("SMS_AUTH_TOKEN")
+    @classmethod
+    def _sms_auth_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not token:
+            raise ValueError("must not be empty")
+        if not token.isprintable() or " " in token:
+            raise ValueError("must not contain spaces or control characters (a pasted newline?)")
+        return value
+
+    @field_validator("SMS_FROM")
+    @classmethod
+    def _sms_from(cls, value: str | None) -> str | None:
+        if value is None or any(
+            pattern.fullmatch(value) for pattern in (_SMS_FROM_NUMBER, _SMS_FROM_SERVICE, _SMS_FROM_ALPHANUMERIC)
+        ):
+            return value
+        raise ValueError(
+            "must be an E.164 number ('+' and 8 to 15 digits, e.g. '+14155550123'), a Messaging Service SID "
+            "('MG' + 32 hex digits) or an alphanumeric sender ID (1 to 11 letters, digits or spaces)"
+        )
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.TASK_BACKEND == "arq" and self.REDIS_URL is None:
@@ -128,13 +197,37 @@ class Settings(BaseSettings):
             raise ValueError("RETRY_MAX_DELAY_S must be at least RETRY_BASE_DELAY_S")
         if (self.SMTP_USERNAME is None) != (self.SMTP_PASSWORD is None):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
+        sms = {
+            "SMS_ACCOUNT_SID": self.SMS_ACCOUNT_SID,
+            "SMS_AUTH_TOKEN": self.SMS_AUTH_TOKEN,
+            "SMS_FROM": self.SMS_FROM,
+        }
+        missing = [name for name, value in sms.items() if value is None]
+        if 0 < len(missing) < len(sms):
+            raise ValueError(
+                f"SMS_ACCOUNT_SID, SMS_AUTH_TOKEN and SMS_FROM must be set together (missing: {', '.join(missing)})"
+            )
         return self
+
+    @property
+    def sms_enabled(self) -> bool:
+        """Whether the SMS channel is configured (all of SMS_ACCOUNT_SID, SMS_AUTH_TOKEN and SMS_FROM)."""
+        return self.SMS_ACCOUNT_SID is not None and self.SMS_AUTH_TOKEN is not None and self.SMS_FROM is not None
 
     @property
     def email_from_address(self) -> Address:
         display_name, addr = parseaddr(self.EMAIL_FROM)
         username, _, domain = addr.rpartition("@")
         return Address(display_name=display_name, username=username, domain=domain)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def task_module_paths(value: str) -> list[str]:
