@@ -1,4 +1,9 @@
-"""Annotated dependencies: one override point per resource."""
+"""Annotated dependencies: one override point per resource.
+
+Each is ``async def`` though it never awaits: FastAPI runs a plain ``def`` dependency in its thread pool,
+a thread hop (and a GIL hand-over) per dependency per request, which under load cost more than the
+handler itself. tests/api/test_request_path.py keeps every endpoint's dependencies on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +18,27 @@ from core.taskset import TaskSet
 from tasks.notifications import NotificationService
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_notifications(request: Request) -> NotificationService:
+async def get_notifications(request: Request) -> NotificationService:
     service: NotificationService = request.app.state.notifications
     return service
 
 
-def get_task_queue(request: Request) -> TaskQueue:
+async def get_task_queue(request: Request) -> TaskQueue:
     queue: TaskQueue = request.app.state.tasks
     return queue
 
 
-def get_cron_history(request: Request) -> CronHistory:
+async def get_cron_history(request: Request) -> CronHistory:
     history: CronHistory = request.app.state.cron_history
     return history
 
 
-def get_task_sets(request: Request) -> list[TaskSet]:
+async def get_task_sets(request: Request) -> list[TaskSet]:
     task_sets: list[TaskSet] = request.app.state.task_sets
     return task_sets
 

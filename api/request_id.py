@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,7 +20,7 @@ def request_id_of(scope: Scope) -> str:
     given: bytes | None = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
     if given is not None and _SANE.fullmatch(given):
         return given.decode("ascii")
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class RequestId:

@@ -52,6 +52,11 @@ class ArqBackend:
     def accepting(self) -> bool:
         return self._accepting
 
+    def check_room(self, jobs: int = 1) -> None:
+        """Raise QueueClosedError while shutting down; Redis holds any number of jobs, so never QueueFullError."""
+        if not self._accepting:
+            raise QueueClosedError("the server is shutting down and accepts no new jobs")
+
     async def start(self) -> None:
         self._accepting = True
         if self._worker is not None:
@@ -72,8 +77,7 @@ class ArqBackend:
         claim: Claim | None = None,
         only_if_failed: bool = False,
     ) -> Enqueued:
-        if not self._accepting:
-            raise QueueClosedError("the server is shutting down and accepts no new jobs")
+        self.check_room(len(specs))
         return await self._enqueuer.enqueue(specs, documents=documents, claim=claim, only_if_failed=only_if_failed)
 
     async def cancel(self, job_ids: Sequence[str]) -> list[str]:

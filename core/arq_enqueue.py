@@ -5,6 +5,10 @@ record and arq's own job key — in one round trip, so a request is stored whole
 two instances racing on one claim cannot both win. It can also finish the job that led to this one
 (a chain's step) in the same write, so a crash never leaves a step done without its successor.
 
+Concurrent enqueues share round trips: the scripts that callers ask for during one turn of the event
+loop go to Redis in one pipeline (:class:`ScriptBatch`). Each is still its own atomic script with its own
+answer; fifty requests arriving together cost one write and one read instead of fifty of each.
+
 Priorities on one arq queue: arq picks due jobs in the order of their score, which is also the ms
 they are due. A job due now goes on arq's queue scored ``due - priority band`` (core/jobs.py), so
 every urgent job sorts before every high one and so on, FIFO within a band. A job due later (a
@@ -15,6 +19,7 @@ every level.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -23,7 +28,7 @@ from typing import Any
 from arq.constants import default_queue_name, job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from core.backend import Enqueued
 from core.codec import json_dumps
@@ -161,6 +166,70 @@ def unbanded_due_ms(score: float, now_ms: int) -> float:
     return score + bands_back * PRIORITY_BAND_MS
 
 
+class ScriptBatch:
+    """Runs one Lua script for many concurrent callers: one pipeline of EVALSHAs per event-loop turn.
+
+    A caller's script runs on its own, atomically, and it gets its own answer or error (a script's error is
+    raised to that caller only). A connection error fails the whole pipeline, so every caller in it gets
+    it, as each would have alone. A caller that is cancelled while waiting may still have been written,
+    as with a single command already on the wire.
+    """
+
+    def __init__(self, redis: Redis, source: str) -> None:
+        self._redis = redis
+        self._script = redis.register_script(source)  # its sha; SCRIPT LOAD only when Redis lacks it
+        self._waiting: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:
+            # Runs after every task that is ready now: each request that arrived with this one joins it.
+            loop.call_soon(self._flush)
+        self._waiting.append((keys, args, answer))
+        return await answer
+
+    def _flush(self) -> None:
+        calls, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._run(calls))
+        self._running.add(task)  # a reference until it ends, or the loop may collect it
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._pipeline(calls)
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if missing:  # Redis restarted or was flushed since: load it, then run those (they did not run)
+                await self._redis.script_load(self._script.script)
+                for i, result in zip(missing, await self._pipeline([calls[i] for i in missing]), strict=True):
+                    results[i] = result
+        except Exception as exc:  # Redis unreachable, say: every caller raises it
+            for _, _, answer in calls:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        except BaseException:  # cancelled (the loop is closing): so are the callers
+            for _, _, answer in calls:
+                answer.cancel()
+            raise
+        for (_, _, answer), result in zip(calls, results, strict=True):
+            if answer.done():  # its caller was cancelled
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+
+    async def _pipeline(self, calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        # EVALSHA by hand: a registered Script in a pipeline makes redis-py ask SCRIPT EXISTS first, every time.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args, _ in calls:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+
 class ArqEnqueuer:
     """Puts jobs on arq's queue (see the module docstring); shared by the web app and the workers."""
 
@@ -170,7 +239,8 @@ class ArqEnqueuer:
         self._registry = registry
         self._record_ttl_ms = int(record_ttl_s * 1000)
         self.queue_name = queue_name
-        self._script = redis.register_script(_ENQUEUE)
+        self._script = ScriptBatch(redis, _ENQUEUE)
+        self._span_ms: dict[str, int] = {}  # per task: its whole retry schedule, computed once
 
     async def enqueue(
         self,
@@ -201,7 +271,10 @@ class ArqEnqueuer:
             due_ms = int(due.timestamp() * 1000) if due is not None else now_ms
             records.append(record)
             arq_job = serialize_job(task.name, spec.args, spec.kwargs, None, now_ms, serializer=json_dumps)
-            expires_ms = due_ms - now_ms + int(task.policy.span_s() * 1000) + EXPIRY_MARGIN_MS
+            span_ms = self._span_ms.get(task.name)
+            if span_ms is None:
+                span_ms = self._span_ms[task.name] = int(task.policy.span_s() * 1000)
+            expires_ms = due_ms - now_ms + span_ms + EXPIRY_MARGIN_MS
             job_args += [
                 json.dumps(record.to_json()),
                 arq_job,
@@ -239,7 +312,7 @@ class ArqEnqueuer:
             *job_args,
         ]
         try:
-            result = await self._script(keys=keys, args=args)
+            result = await self._script(keys, args)
         except RedisError as exc:
             raise unavailable(exc) from exc
         verdict = result[0].decode()

@@ -110,6 +110,13 @@ class InlineBackend:
                 oldest_s = max(oldest_s, (now - due_at).total_seconds())
         return due, on_timer, oldest_s
 
+    def check_room(self, jobs: int = 1) -> None:
+        """Raise what ``enqueue`` would for ``jobs`` more jobs now: QueueClosedError or QueueFullError."""
+        if not self._accepting:
+            raise QueueClosedError("the server is shutting down and accepts no new jobs")
+        if self.unfinished + jobs > self._max_unfinished:
+            raise QueueFullError(f"{self.unfinished} jobs are waiting (limit {self._max_unfinished})")
+
     async def start(self) -> None:
         self._accepting = True
         self._workers = [asyncio.create_task(self._work(), name=f"herald-worker-{n}") for n in range(self._concurrency)]
@@ -128,10 +135,7 @@ class InlineBackend:
                 current = self.store.peek(spec.job_id)
                 if current is None or current.state is not JobState.FAILED:
                     raise NotRetryableError(f"job {spec.job_id!r} is not failed; only failed jobs can be retried")
-        if not self._accepting:
-            raise QueueClosedError("the server is shutting down and accepts no new jobs")
-        if self.unfinished + len(specs) > self._max_unfinished:
-            raise QueueFullError(f"{self.unfinished} jobs are waiting (limit {self._max_unfinished})")
+        self.check_room(len(specs))
         ids = [spec.job_id for spec in specs]
         duplicates = {job_id for job_id in ids if job_id in self._unfinished or ids.count(job_id) > 1}
         if duplicates:

@@ -7,7 +7,8 @@ in memory they are also bounded by count, so memory stays flat.
 
 from __future__ import annotations
 
-import uuid
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -164,7 +165,8 @@ class NotificationView:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (a third of the cost)
+    return f"{prefix}_{secrets.token_hex(16)}"
 
 
 def _notification_key(notification_id: str) -> str:
@@ -183,6 +185,13 @@ class NotificationService:
     @property
     def jobs(self) -> JobStore:
         return self._backend.store
+
+    def check_room(self) -> None:
+        """Raise now what ``submit`` would for a notification of one delivery (QueueFullError, QueueClosedError),
+        before the caller spends anything on it. A backend without ``check_room`` is always taken to have room."""
+        check: Callable[[], None] | None = getattr(self._backend, "check_room", None)
+        if check is not None:
+            check()
 
     async def submit(
         self,

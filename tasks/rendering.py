@@ -2,6 +2,11 @@
 
 HTML is autoescaped, text is not. Undefined variables are errors (StrictUndefined), so a
 missing context value is caught when the notification is accepted, not when it is sent.
+
+A template is read and compiled the first time it is rendered and kept for the life of the process,
+like code: every ``POST /notify`` renders one, and looking it up on disk again (Jinja's auto-reload
+stats each file, and so did the existence check) cost more than rendering it. A new template folder
+is found without a restart; an edited one needs a restart.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ TEMPLATE_ROOT = Path(__file__).parent / "templates"
 MAX_SUBJECT_LENGTH = 255
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    subject: jinja2.Template
+    text: jinja2.Template
+    html: jinja2.Template | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +55,9 @@ class TemplateLibrary:
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
             keep_trailing_newline=False,
+            auto_reload=False,
         )
+        self._compiled: dict[str, _Parts] = {}
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self._root.iterdir() if (p / "subject.txt").is_file())
@@ -53,23 +67,46 @@ class TemplateLibrary:
 
     def render(self, name: str, context: dict[str, Any]) -> RenderedMessage:
         """Render all parts of template ``name``; raise TemplateProblem naming what is wrong."""
-        if not self.exists(name):
-            known = ", ".join(self.names())
-            raise TemplateProblem(f"unknown template {name!r}; known templates: {known}", field="template")
-        subject = self._render(name, "subject.txt", context).strip()
+        parts = self._compiled.get(name) or self._load(name)
+        subject = self._render(name, "subject.txt", parts.subject, context).strip()
         if len(subject) > MAX_SUBJECT_LENGTH:
             raise TemplateProblem(
                 f"the rendered subject is {len(subject)} characters; at most {MAX_SUBJECT_LENGTH}", field="context"
             )
         if len(subject.splitlines()) > 1:  # not only CR/LF: the email header refuses \x85, \u2028, ... too
             raise TemplateProblem("the rendered subject must be a single line", field="context")
-        text = self._render(name, "body.txt", context)
-        html = self._render(name, "body.html", context) if (self._root / name / "body.html").is_file() else None
+        text = self._render(name, "body.txt", parts.text, context)
+        html = self._render(name, "body.html", parts.html, context) if parts.html is not None else None
         return RenderedMessage(subject=subject, text=text, html=html)
 
-    def _render(self, name: str, part: str, context: dict[str, Any]) -> str:
+    def _load(self, name: str) -> _Parts:
+        if not self.exists(name):
+            known = ", ".join(self.names())
+            raise TemplateProblem(f"unknown template {name!r}; known templates: {known}", field="template")
+        has_html = (self._root / name / "body.html").is_file()
+        parts = _Parts(
+            subject=self._compile(name, "subject.txt"),
+            text=self._compile(name, "body.txt"),
+            html=self._compile(name, "body.html") if has_html else None,
+        )
+        self._compiled[name] = parts
+        return parts
+
+    def _compile(self, name: str, part: str) -> jinja2.Template:
         try:
-            return self._env.get_template(f"{name}/{part}").render(context)
+            template = self._env.get_template(f"{name}/{part}")
+        except jinja2.TemplateError as exc:  # a syntax error: not kept, so it is reported on every request
+            raise TemplateProblem(f"template {name!r} could not render {part}: {exc}", field="context") from None
+        # Jinja keeps a template's globals as a ChainMap over the environment's, so later changes to those
+        # show through; it copies them into every render's context, key by key, which cost half of a render.
+        # Nothing changes them here: one plain dict.
+        template.globals = dict(template.globals)
+        return template
+
+    @staticmethod
+    def _render(name: str, part: str, template: jinja2.Template, context: dict[str, Any]) -> str:
+        try:
+            return template.render(context)
         except jinja2.UndefinedError as exc:
             missing = _UNDEFINED_NAME.search(str(exc))
             what = f"variable {missing.group(1)!r}" if missing else str(exc)

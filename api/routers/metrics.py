@@ -37,7 +37,7 @@ class WebMetrics:
         )
 
 
-def get_metrics(request: Request) -> WebMetrics:
+async def get_metrics(request: Request) -> WebMetrics:
     metrics: WebMetrics = request.app.state.metrics
     return metrics
 

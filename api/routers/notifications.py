@@ -4,16 +4,23 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Response, status
 
 from api.auth import require_api_key
 from api.deps import NotificationsDep, SettingsDep
 from api.errors import invalid
 from api.routers.metrics import MetricsDep
-from api.schemas import ErrorOut, NotificationOut, NotifyRequest, ValidationErrorOut
+from api.schemas import (
+    ADDRESS_CACHE_SIZE,
+    ErrorOut,
+    NotificationOut,
+    NotifyRequest,
+    ValidationErrorOut,
+    webhook_host,
+)
 from core.config import Settings
 from tasks.channels.netguard import forbidden_reason, parse_ip_literal
 from tasks.messages import Channel
@@ -30,9 +37,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def refuse_early_when_full(service: NotificationsDep) -> None:
+    """503 before the body is validated or its template rendered, when the queue has no room for it anyway.
+
+    Under overload that work would be thrown away; in-process it is CPU the deliveries need to make room.
+    The exact check (every recipient counted) is still made when the notification is queued.
+    """
+    service.check_room()
+
+
 @router.post(
     "/notify",
     status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(refuse_early_when_full)],
     response_model=NotificationOut,
     summary="Accept a notification; deliveries go out in the background",
     responses={
@@ -172,10 +189,16 @@ def _check_limits(body: NotifyRequest, settings: Settings) -> None:
                 "the webhook channel is disabled on this server: WEBHOOK_SECRET is not set",
             )
         if not settings.WEBHOOK_ALLOW_PRIVATE:
-            address = parse_ip_literal(httpx.URL(recipient.address).host)
-            reason = forbidden_reason(address) if address is not None else None
+            reason = _forbidden_literal(webhook_host(recipient.address))
             if reason is not None:
                 raise invalid(["body", "to", index, "address"], f"webhooks may not target {reason}")
+
+
+@lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _forbidden_literal(host: str) -> str | None:
+    """Why a webhook may not target ``host`` if it spells an IP address; names are checked when connecting."""
+    address = parse_ip_literal(host)
+    return forbidden_reason(address) if address is not None else None
 
 
 def _fingerprint(body: NotifyRequest) -> str:

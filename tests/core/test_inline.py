@@ -348,6 +348,29 @@ async def test_queue_full_refuses_the_whole_batch(runner: Runner) -> None:
     await wait_for_state(backend, later.id, JobState.SUCCEEDED)
 
 
+async def test_check_room_answers_as_enqueue_would(runner: Runner) -> None:
+    gate = asyncio.Event()
+
+    async def blocked(ctx: JobContext) -> None:
+        await gate.wait()
+
+    backend = await runner.start([blocked], concurrency=1, max_unfinished=2)
+    backend.check_room(2)
+    await backend.enqueue([spec("blocked")])
+    backend.check_room(1)
+    with pytest.raises(QueueFullError, match="limit 2"):
+        backend.check_room(2)
+    await backend.enqueue([spec("blocked")])
+    with pytest.raises(QueueFullError):
+        backend.check_room()
+
+    gate.set()
+    await eventually(lambda: backend.unfinished == 0, what="all jobs finished")
+    await backend.stop(grace_s=1.0)
+    with pytest.raises(QueueClosedError, match="shutting down"):
+        backend.check_room()
+
+
 async def test_enqueue_is_refused_before_start_and_after_stop() -> None:
     async def noop(ctx: JobContext) -> None:
         return None
