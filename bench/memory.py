@@ -73,15 +73,15 @@ async def settled_rss(server: Server) -> int:
     return rss_kb(server.child.pid)
 
 
-def server_settings(queued: int) -> dict[str, str]:
-    return {"TASK_BACKEND": "inline", "WEBHOOK_TIMEOUT_S": "600", "RECORD_MAX_COUNT": str(queued)}
+def server_settings(records: int) -> dict[str, str]:
+    return {"TASK_BACKEND": "inline", "WEBHOOK_TIMEOUT_S": "600", "RECORD_MAX_COUNT": str(records)}
 
 
-async def read_rss(queued: int) -> list[tuple[str, int]]:
+async def read_rss(queued: int, records: int) -> list[tuple[str, int]]:
     """(where the deliveries wait, RSS KiB) at the baseline and at each round's holding and after."""
     async with uvicorn_app("probe-receiver", "bench.probe_receiver:app") as receiver:
         body = welcome_webhook(receiver)
-        async with herald_api(**server_settings(queued)) as server, httpx.AsyncClient() as client:
+        async with herald_api(**server_settings(records)) as server, httpx.AsyncClient() as client:
             await post_many(server, body, WARMUP)
             await delivered(server, WARMUP)
             readings = [("", await settled_rss(server))]
@@ -99,8 +99,9 @@ async def read_rss(queued: int) -> list[tuple[str, int]]:
             return readings
 
 
-async def measure(queued: int) -> Section:
-    readings = await read_rss(queued)
+async def measure(queued: int, records: int | None = None) -> Section:
+    records = queued if records is None else records
+    readings = await read_rss(queued, records)
     (_, baseline), (_, holding), (_, after_1), (_, holding_2), (_, after_2) = readings
     names = [
         f"baseline: started, {WARMUP} notifications delivered",
@@ -115,14 +116,14 @@ async def measure(queued: int) -> Section:
     ]
     return Section(
         title="Memory: the in-process server holding queued deliveries",
-        command=f".venv/bin/python -m bench.memory --queued {queued}",
+        command=f".venv/bin/python -m bench.memory --queued {queued} --records {records}",
         header=["Phase", "RSS MiB", "vs baseline MiB", "Where the deliveries wait"],
         rows=rows,
         notes=[
             "RSS from /proc/<pid>/status (VmRSS) of the one uvicorn process. Each notification has one webhook "
             "recipient (the `welcome` template), so each queued delivery also carries its notification's records. "
             "Deliveries were held by a receiver that does not answer until told to (`bench.probe_receiver`). "
-            f"Server settings: {', '.join(f'{k}={v}' for k, v in server_settings(queued).items())}. "
+            f"Server settings: {', '.join(f'{k}={v}' for k, v in server_settings(records).items())}. "
             "Read literally, the issue's 'back to baseline' compares after round 1 with the baseline; that includes "
             "the finished records Herald keeps by design (the newest RECORD_MAX_COUNT), so the flat test is round 2 "
             f"vs round 1. Round 2 holding vs after round 1: {(holding_2 - after_1) / queued:.2f} KB per queued "
@@ -139,8 +140,9 @@ async def measure(queued: int) -> Section:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queued", type=int, default=10_000, help="deliveries held queued")
+    parser.add_argument("--records", type=int, help="RECORD_MAX_COUNT, finished records kept (default: --queued)")
     args = parser.parse_args()
-    run_alone(measure(args.queued))
+    run_alone(measure(args.queued, args.records))
 
 
 if __name__ == "__main__":
