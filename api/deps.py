@@ -16,6 +16,7 @@ from core.cron import CronHistory
 from core.queue import TaskQueue
 from core.taskset import TaskSet
 from tasks.notifications import NotificationService
+from tasks.rendering import TemplateLibrary, default_library
 
 
 async def get_settings(request: Request) -> Settings:
@@ -43,8 +44,14 @@ async def get_task_sets(request: Request) -> list[TaskSet]:
     return task_sets
 
 
+async def get_templates() -> TemplateLibrary:
+    """The templates ``POST /notify`` renders: ``tasks/templates/``, compiled once per process."""
+    return default_library()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NotificationsDep = Annotated[NotificationService, Depends(get_notifications)]
 TaskQueueDep = Annotated[TaskQueue, Depends(get_task_queue)]
 CronHistoryDep = Annotated[CronHistory, Depends(get_cron_history)]
 TaskSetsDep = Annotated[list[TaskSet], Depends(get_task_sets)]
+TemplatesDep = Annotated[TemplateLibrary, Depends(get_templates)]

@@ -12,6 +12,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from core.jobs import Priority
+from tasks.channels.sms import validate_e164
 from tasks.notifications import DeliveryItem, DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
 
 MAX_ADDRESS_LENGTH = 2048
@@ -29,11 +30,12 @@ ADDRESS_CACHE_SIZE = 4096
 class Recipient(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    channel: Literal["email", "webhook"] = Field(description="How to reach the recipient.")
+    channel: Literal["email", "webhook", "sms"] = Field(description="How to reach the recipient.")
     address: str = Field(
         min_length=1,
         max_length=MAX_ADDRESS_LENGTH,
-        description="An email address for `email`, an http(s) URL for `webhook`.",
+        description="An email address for `email`, an http(s) URL for `webhook`, "
+        "an E.164 phone number (`+14155550123`) for `sms`.",
     )
 
     @field_validator("address")
@@ -44,6 +46,8 @@ class Recipient(BaseModel):
             return _email_address(value)
         if channel == "webhook":
             return _webhook_url(value)
+        if channel == "sms":
+            return validate_e164(value)
         return value
 
 
@@ -84,7 +88,10 @@ def webhook_host(value: str) -> str:
 
 
 class NotifyRequest(BaseModel):
-    """Either ``template`` (+ ``context``) or literal ``subject`` + ``text`` (+ optional ``html``)."""
+    """Either ``template`` (+ ``context``) or literal ``subject`` + ``text`` (+ optional ``html``).
+
+    ``subject`` may be left out when every recipient is ``sms``: an SMS has none.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -94,6 +101,7 @@ class NotifyRequest(BaseModel):
                     "to": [
                         {"channel": "email", "address": "ada@example.com"},
                         {"channel": "webhook", "address": "https://hooks.example.com/herald"},
+                        {"channel": "sms", "address": "+14155550123"},
                     ],
                     "template": "welcome",
                     "context": {"name": "Ada"},
@@ -108,8 +116,19 @@ class NotifyRequest(BaseModel):
         default=None, description="Name of a template under tasks/templates/."
     )
     context: dict[str, Any] = Field(default_factory=dict, description="Variables for the template.")
-    subject: str | None = Field(default=None, min_length=1, max_length=MAX_SUBJECT_LENGTH)
-    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
+    subject: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SUBJECT_LENGTH,
+        description="Literal subject, one line; optional when every recipient is `sms`.",
+    )
+    text: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEXT_LENGTH,
+        description="Literal text, sent as given: the email's text part, the webhook's `text`, the SMS body "
+        "(at most SMS_MAX_SEGMENTS segments, never truncated).",
+    )
     html: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed in status and webhooks.")
     send_at: AwareDatetime | None = Field(
@@ -139,8 +158,12 @@ class NotifyRequest(BaseModel):
         if self.template is not None and literal:
             raise ValueError(f"give either 'template' or literal content, not both (also got {literal})")
         if self.template is None:
-            if self.subject is None or self.text is None:
-                raise ValueError("give 'template' (with 'context'), or literal 'subject' and 'text'")
+            needs_subject = any(recipient.channel != "sms" for recipient in self.to)
+            if self.text is None or (self.subject is None and needs_subject):
+                raise ValueError(
+                    "give 'template' (with 'context'), or literal 'subject' and 'text' "
+                    "('subject' may be left out when every recipient is sms)"
+                )
             if self.context:
                 raise ValueError("'context' is only used with 'template'")
         seen: set[tuple[str, str]] = set()
@@ -163,6 +186,9 @@ class DeliveryOut(BaseModel):
     updated_at: datetime
     next_attempt_at: datetime | None
     finished_at: datetime | None
+    provider_message_id: str | None = Field(
+        default=None, description="`sms`: the provider's message sid once delivered (Twilio: `SM…`); else null."
+    )
 
     @classmethod
     def of(cls, view: DeliveryView) -> DeliveryOut:
@@ -177,6 +203,7 @@ class DeliveryOut(BaseModel):
             updated_at=view.updated_at,
             next_attempt_at=view.next_attempt_at,
             finished_at=view.finished_at,
+            provider_message_id=view.provider_message_id,
         )
 
 

@@ -59,7 +59,7 @@ FAR_FUTURE_MS = 10 * 365 * 86_400_000
 #       #documents, document TTL ms, #jobs, record TTL ms, finishing record JSON ('' none), its index score,
 #       its id, guard document key ('' none: if it says cancelled, only the finishing record is written),
 #       then document values, then per job: record JSON, arq job, arq job TTL ms,
-#       queue score ('' = deferred), due ms, job id, state, index score, expires_at ms ('' none).
+#       priority band ms ('' = deferred), due ms, job id, state, index score, expires_at ms ('' none).
 _ENQUEUE = (
     INDEX_LUA
     + """
@@ -99,13 +99,18 @@ if ARGV[8] ~= '' then
 end
 for d = 1, n_docs do redis.call('SET', KEYS[2 + d], ARGV[11 + d], 'PX', ARGV[5]) end
 local queue, deferred, expiring = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+-- A job due now is scored by Redis's own clock to the microsecond, each job of this script 1 us after the one
+-- before: scripts run one at a time, so jobs of one priority keep the order they were queued in, even within
+-- one millisecond (in ms scores they would tie, and a tie is ordered by job id).
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 for j = 1, n_jobs do
   local id = job_arg(j, 6)
   redis.call('SET', KEYS[2 + n_docs + j], job_arg(j, 1), 'PX', ARGV[7])
   herald_index(id, job_arg(j, 7), job_arg(j, 8))
   redis.call('SET', KEYS[2 + n_docs + n_jobs + j], job_arg(j, 2), 'PX', job_arg(j, 3))
   if job_arg(j, 4) ~= '' then
-    redis.call('ZADD', queue, job_arg(j, 4), id)
+    redis.call('ZADD', queue, string.format('%.3f', now_ms + (j - 1) / 1000 - tonumber(job_arg(j, 4))), id)
   else
     redis.call('ZADD', deferred, job_arg(j, 5), id)
   end
@@ -279,7 +284,7 @@ class ArqEnqueuer:
                 json.dumps(record.to_json()),
                 arq_job,
                 expires_ms,
-                queue_score(due_ms, spec.priority) if due is None else "",
+                spec.priority.band_ms if due is None else "",
                 due_ms,
                 spec.job_id,
                 record.state.value,

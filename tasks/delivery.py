@@ -15,6 +15,7 @@ from core.errors import PermanentError
 from core.jobs import JobContext
 from core.logging import bind_log_fields
 from tasks.channels.email import Mailer, build_message
+from tasks.channels.sms import SmsSender, post_sms
 from tasks.channels.webhook import post_webhook
 from tasks.channels.webhook_client import WebhookClient
 from tasks.messages import DeliveryPayload
@@ -26,6 +27,7 @@ class DeliveryContext(JobContext):
     mailer: Mailer
     email_from: Address
     webhook_signer: Webhook | None
+    sms: SmsSender | None  # None when SMS_ACCOUNT_SID, SMS_AUTH_TOKEN and SMS_FROM are not set
 
 
 async def send_email(ctx: DeliveryContext, payload: DeliveryPayload) -> None:
@@ -41,6 +43,16 @@ async def send_webhook(ctx: DeliveryContext, payload: DeliveryPayload) -> int:
     if signer is None:
         raise PermanentError("WEBHOOK_SECRET is not set on this server", channel="webhook")
     return await post_webhook(ctx["webhooks"], signer, payload)
+
+
+async def send_sms(ctx: DeliveryContext, payload: DeliveryPayload) -> str:
+    """Send one SMS through the provider; returns the provider's message sid (the job's result).
+
+    Provider 408/429/5xx and connection errors are retryable (``Retry-After`` honoured), other 4xx permanent
+    with the provider's code and message.
+    """
+    _bind_ids(payload)
+    return await post_sms(ctx["sms"], payload)
 
 
 def _bind_ids(payload: DeliveryPayload) -> None:

@@ -1,7 +1,8 @@
 """What a delivery job carries: everything needed to send one message to one recipient.
 
 It is a plain JSON-able dict (a durable queue stores it as JSON) fixed when the notification is
-accepted, so every retry sends exactly the same content.
+accepted, so every retry sends exactly the same content. ``text`` is what the channel sends as text: the
+rendered ``body.txt`` for email and webhooks, the rendered ``sms.txt`` for SMS (the body the API counted).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, TypedDict
 class Channel(StrEnum):
     EMAIL = "email"
     WEBHOOK = "webhook"
+    SMS = "sms"
 
 
 class DeliveryPayload(TypedDict):

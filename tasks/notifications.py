@@ -133,6 +133,7 @@ class DeliveryView:
     updated_at: datetime
     next_attempt_at: datetime | None
     finished_at: datetime | None
+    provider_message_id: str | None = None  # an SMS provider's message sid, once delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +211,12 @@ class NotificationService:
         """Accept a notification and queue one delivery per recipient, all in one atomic write.
 
         ``idempotency`` is ``(key, request fingerprint)``. Returns the view and whether it is a
-        replay of an earlier request with the same key. Raises IdempotencyConflictError or an
-        EnqueueError; in both cases nothing was written.
+        replay of an earlier request with the same key. An SMS recipient is sent ``message.sms``, which
+        must then be given (ValueError otherwise). Raises IdempotencyConflictError or an EnqueueError;
+        in all these cases nothing was written.
         """
+        if message.sms is None and any(r.channel is Channel.SMS for r in recipients):
+            raise ValueError("an sms recipient needs message.sms, the SMS body checked at the API")
         notification_id = new_id("ntf")
         created_at = utcnow()
         event_type = f"notification.{template}" if template else "notification.message"
@@ -354,6 +358,7 @@ class NotificationService:
 def _payload(
     record: NotificationRecord, ref: DeliveryRef, message: RenderedMessage, context: dict[str, Any]
 ) -> DeliveryPayload:
+    sms = ref.channel is Channel.SMS
     return DeliveryPayload(
         delivery_id=ref.id,
         notification_id=record.id,
@@ -362,8 +367,8 @@ def _payload(
         event_type=record.event_type,
         created_at=record.created_at.isoformat(),
         subject=message.subject,
-        text=message.text,
-        html=message.html,
+        text=(message.sms or "") if sms else message.text,  # submit() made sure an SMS has its text
+        html=None if sms else message.html,
         template=record.template,
         context=context,
         metadata=record.metadata,
@@ -410,6 +415,8 @@ def _delivery_view(ref: DeliveryRef, job: JobRecord) -> DeliveryView:
         updated_at=job.updated_at,
         next_attempt_at=job.next_attempt_at,
         finished_at=job.finished_at,
+        # send_sms returns the provider's sid, kept as the job's result (send_webhook's is a status code)
+        provider_message_id=job.result if ref.channel is Channel.SMS and isinstance(job.result, str) else None,
     )
 
 

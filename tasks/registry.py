@@ -8,10 +8,14 @@ from core.config import Settings
 from core.registry import TaskRegistry
 from core.retry import RetryPolicy
 from core.taskset import TaskSet
-from tasks.delivery import send_email, send_webhook
+from tasks.delivery import send_email, send_sms, send_webhook
 from tasks.messages import Channel
 
-TASK_FOR_CHANNEL = {Channel.EMAIL: send_email.__name__, Channel.WEBHOOK: send_webhook.__name__}
+TASK_FOR_CHANNEL = {
+    Channel.EMAIL: send_email.__name__,
+    Channel.WEBHOOK: send_webhook.__name__,
+    Channel.SMS: send_sms.__name__,
+}
 
 
 def build_registry(settings: Settings, task_sets: Sequence[TaskSet] = ()) -> TaskRegistry:
@@ -31,6 +35,15 @@ def build_registry(settings: Settings, task_sets: Sequence[TaskSet] = ()) -> Tas
         policy=RetryPolicy(
             max_attempts=settings.WEBHOOK_MAX_ATTEMPTS,
             timeout_s=settings.WEBHOOK_TIMEOUT_S + 5,
+            base_delay_s=settings.RETRY_BASE_DELAY_S,
+            max_delay_s=settings.RETRY_MAX_DELAY_S,
+        ),
+    )
+    registry.register(
+        send_sms,
+        policy=RetryPolicy(
+            max_attempts=settings.SMS_MAX_ATTEMPTS,
+            timeout_s=settings.SMS_TIMEOUT_S + 5,
             base_delay_s=settings.RETRY_BASE_DELAY_S,
             max_delay_s=settings.RETRY_MAX_DELAY_S,
         ),

@@ -1,7 +1,9 @@
-"""Jinja2 templates under ``tasks/templates/<name>/``: subject.txt, body.txt and optional body.html.
+"""Jinja2 templates under ``tasks/templates/<name>/``: subject.txt, body.txt, optional body.html and sms.txt.
 
 HTML is autoescaped, text is not. Undefined variables are errors (StrictUndefined), so a
 missing context value is caught when the notification is accepted, not when it is sent.
+``sms.txt`` is rendered only for a notification with an SMS recipient, and stripped: that text is the
+SMS body, counted in segments at the API and sent as it is.
 
 A template is read and compiled the first time it is rendered and kept for the life of the process,
 like code: every ``POST /notify`` renders one, and looking it up on disk again (Jinja's auto-reload
@@ -30,6 +32,7 @@ class _Parts:
     subject: jinja2.Template
     text: jinja2.Template
     html: jinja2.Template | None
+    sms: jinja2.Template | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class RenderedMessage:
     subject: str
     text: str
     html: str | None
+    sms: str | None = None  # the SMS body: the rendered sms.txt, when asked for
 
 
 class TemplateProblem(ValueError):
@@ -65,8 +69,11 @@ class TemplateLibrary:
     def exists(self, name: str) -> bool:
         return bool(_NAME.match(name)) and (self._root / name / "subject.txt").is_file()
 
-    def render(self, name: str, context: dict[str, Any]) -> RenderedMessage:
-        """Render all parts of template ``name``; raise TemplateProblem naming what is wrong."""
+    def render(self, name: str, context: dict[str, Any], *, sms: bool = False) -> RenderedMessage:
+        """Render the parts of template ``name``, and its ``sms.txt`` (stripped) if ``sms``.
+
+        Raises TemplateProblem naming what is wrong, also when ``sms`` is asked of a template without ``sms.txt``.
+        """
         parts = self._compiled.get(name) or self._load(name)
         subject = self._render(name, "subject.txt", parts.subject, context).strip()
         if len(subject) > MAX_SUBJECT_LENGTH:
@@ -77,17 +84,31 @@ class TemplateLibrary:
             raise TemplateProblem("the rendered subject must be a single line", field="context")
         text = self._render(name, "body.txt", parts.text, context)
         html = self._render(name, "body.html", parts.html, context) if parts.html is not None else None
-        return RenderedMessage(subject=subject, text=text, html=html)
+        sms_text = None
+        if sms:
+            if parts.sms is None:
+                # Not body.txt instead: an email body (greeting, paragraphs, sign-off, often a character outside
+                # GSM-7 such as '—') would go out as many billed segments that read badly on a phone. Sending
+                # a template by SMS is the template author's decision, made by writing sms.txt.
+                raise TemplateProblem(
+                    f"template {name!r} has no sms.txt, so it cannot be sent to an sms recipient; "
+                    f"add tasks/templates/{name}/sms.txt, or send literal 'text'",
+                    field="template",
+                )
+            sms_text = self._render(name, "sms.txt", parts.sms, context).strip()
+        return RenderedMessage(subject=subject, text=text, html=html, sms=sms_text)
 
     def _load(self, name: str) -> _Parts:
         if not self.exists(name):
             known = ", ".join(self.names())
             raise TemplateProblem(f"unknown template {name!r}; known templates: {known}", field="template")
         has_html = (self._root / name / "body.html").is_file()
+        has_sms = (self._root / name / "sms.txt").is_file()
         parts = _Parts(
             subject=self._compile(name, "subject.txt"),
             text=self._compile(name, "body.txt"),
             html=self._compile(name, "body.html") if has_html else None,
+            sms=self._compile(name, "sms.txt") if has_sms else None,
         )
         self._compiled[name] = parts
         return parts

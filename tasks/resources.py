@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from standardwebhooks import Webhook
@@ -11,6 +11,7 @@ from standardwebhooks import Webhook
 from core.config import Settings
 from tasks.channels.email import ConsoleMailer, Mailer, SmtpMailer
 from tasks.channels.netguard import GuardedTransport
+from tasks.channels.sms import build_sms_sender
 from tasks.channels.webhook_client import WebhookClient
 
 WEBHOOK_CONNECTIONS = 100
@@ -54,15 +55,19 @@ def build_webhook_sender(settings: Settings) -> WebhookClient:
 async def delivery_resources(settings: Settings) -> AsyncIterator[dict[str, object]]:
     """The shared part of every DeliveryContext (the runner adds ``job_id`` and ``job_try``)."""
     secret = settings.WEBHOOK_SECRET
-    mailer = build_mailer(settings)
-    async with build_webhook_client(settings) as http, build_webhook_sender(settings) as webhooks:
-        try:
-            yield {
-                "http": http,
-                "webhooks": webhooks,
-                "mailer": mailer,
-                "email_from": settings.email_from_address,
-                "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,
-            }
-        finally:
-            await mailer.aclose()
+    async with AsyncExitStack() as opened:  # closed in reverse order, each even if an earlier one fails
+        http = await opened.enter_async_context(build_webhook_client(settings))
+        webhooks = await opened.enter_async_context(build_webhook_sender(settings))
+        mailer = build_mailer(settings)
+        opened.push_async_callback(mailer.aclose)
+        sms = build_sms_sender(settings)
+        if sms is not None:
+            opened.push_async_callback(sms.aclose)
+        yield {
+            "http": http,
+            "webhooks": webhooks,
+            "mailer": mailer,
+            "email_from": settings.email_from_address,
+            "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,
+            "sms": sms,
+        }

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Response, status
 
 from api.auth import require_api_key
-from api.deps import NotificationsDep, SettingsDep
+from api.deps import NotificationsDep, SettingsDep, TemplatesDep
 from api.errors import invalid
 from api.routers.metrics import MetricsDep
 from api.schemas import (
@@ -23,9 +23,10 @@ from api.schemas import (
 )
 from core.config import Settings
 from tasks.channels.netguard import forbidden_reason, parse_ip_literal
+from tasks.channels.sms import length_problem
 from tasks.messages import Channel
 from tasks.notifications import NotificationView, Recipient
-from tasks.rendering import RenderedMessage, default_library
+from tasks.rendering import RenderedMessage
 
 router = APIRouter(tags=["notifications"], dependencies=[Depends(require_api_key)])
 
@@ -64,6 +65,7 @@ async def notify(
     response: Response,
     service: NotificationsDep,
     settings: SettingsDep,
+    templates: TemplatesDep,
     metrics: MetricsDep,
     idempotency_key: Annotated[
         str | None,
@@ -75,11 +77,16 @@ async def notify(
         raise invalid(["header", "Idempotency-Key"], "must be 1-255 printable ASCII characters without spaces")
     send_at = _check_send_at(body.send_at, settings)
     expires_at = _check_expires_at(body.expires_at, body.send_at)
+    sms = any(recipient.channel == Channel.SMS.value for recipient in body.to)
     message = (
-        default_library().render(body.template, body.context)
+        templates.render(body.template, body.context, sms=sms)
         if body.template is not None
-        else RenderedMessage(subject=body.subject or "", text=body.text or "", html=body.html)
+        else RenderedMessage(
+            subject=body.subject or "", text=body.text or "", html=body.html, sms=body.text if sms else None
+        )
     )
+    if message.sms is not None:
+        _check_sms_length(message.sms, body.template, settings)
     view, replayed = await service.submit(
         recipients=[Recipient(Channel(r.channel), r.address) for r in body.to],
         message=message,
@@ -181,6 +188,11 @@ def _check_limits(body: NotifyRequest, settings: Settings) -> None:
         if size > settings.MAX_CONTEXT_BYTES:
             raise invalid(["body", name], f"{name} is {size} bytes as JSON; the limit is {settings.MAX_CONTEXT_BYTES}")
     for index, recipient in enumerate(body.to):
+        if recipient.channel == Channel.SMS.value and not settings.sms_enabled:
+            raise invalid(
+                ["body", "to", index, "channel"],
+                "the sms channel is disabled on this server: SMS_ACCOUNT_SID, SMS_AUTH_TOKEN and SMS_FROM are not set",
+            )
         if recipient.channel != Channel.WEBHOOK.value:
             continue
         if settings.WEBHOOK_SECRET is None:
@@ -192,6 +204,16 @@ def _check_limits(body: NotifyRequest, settings: Settings) -> None:
             reason = _forbidden_literal(webhook_host(recipient.address))
             if reason is not None:
                 raise invalid(["body", "to", index, "address"], f"webhooks may not target {reason}")
+
+
+def _check_sms_length(text: str, template: str | None, settings: Settings) -> None:
+    """422 when the SMS body (what will be sent, as it is) takes more than SMS_MAX_SEGMENTS segments, or is empty."""
+    problem = length_problem(text, settings.SMS_MAX_SEGMENTS)
+    if problem is None:
+        return
+    if template is None:
+        raise invalid(["body", "text"], problem)
+    raise invalid(["body", "context"], f"template {template!r} (sms.txt): {problem}", kind="template_error")
 
 
 @lru_cache(maxsize=ADDRESS_CACHE_SIZE)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from types import TracebackType
 
 import httpcore
+
+from tasks.channels.closing import AsyncClosing
 
 SHARD_CONNECTIONS = 8
 
@@ -44,7 +45,7 @@ def sharded(
     )
 
 
-class ShardedConnectionPool:
+class ShardedConnectionPool(AsyncClosing):
     """What httpx's transport and WebhookClient use of ``httpcore.AsyncConnectionPool``, over ``shards``."""
 
     def __init__(self, shards: Sequence[httpcore.AsyncConnectionPool]) -> None:
@@ -83,17 +84,6 @@ class ShardedConnectionPool:
     async def aclose(self) -> None:
         for shard in self._shards:
             await shard.aclose()
-
-    async def __aenter__(self) -> ShardedConnectionPool:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        await self.aclose()
 
 
 def _once(action: Callable[[], None]) -> Callable[[], None]:

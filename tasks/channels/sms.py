@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -28,6 +27,7 @@ import httpx
 
 from core.config import Settings
 from core.errors import PermanentError, RetryableError
+from tasks.channels.closing import AsyncClosing
 from tasks.channels.webhook import parse_retry_after
 from tasks.messages import DeliveryPayload
 
@@ -187,7 +187,7 @@ def length_problem(text: str, max_segments: int = MAX_SEGMENTS) -> str | None:
     )
 
 
-class SmsSender:
+class SmsSender(AsyncClosing):
     """Sends SMS through one provider account over kept-alive connections; one per process, closed at shutdown.
 
     An ``httpx.AsyncClient`` is fine here (webhooks need the SSRF-guarded client): the URL is fixed
@@ -316,17 +316,6 @@ class SmsSender:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    async def __aenter__(self) -> SmsSender:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        await self.aclose()
 
 
 def build_sms_sender(settings: Settings) -> SmsSender | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 
 import httpcore
 import httpx
 
+from tasks.channels.closing import AsyncClosing
 from tasks.channels.netguard import GuardedNetworkBackend
 from tasks.channels.sharded_pool import ShardedConnectionPool, sharded
 
@@ -37,7 +37,7 @@ class Reply:
         return self.status in (301, 302, 303, 307, 308) and "location" in self.headers
 
 
-class WebhookClient:
+class WebhookClient(AsyncClosing):
     """POSTs a body and reads at most part of the answer; never follows redirects.
 
     Raises ``httpx.InvalidURL`` for a URL that cannot be sent to, the guard's
@@ -87,17 +87,6 @@ class WebhookClient:
 
     async def aclose(self) -> None:
         await self._pool.aclose()
-
-    async def __aenter__(self) -> WebhookClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        await self.aclose()
 
 
 def _request_headers(url: httpx.URL, length: int) -> list[tuple[bytes, bytes]]:

@@ -23,6 +23,8 @@ from core.logging import ContextFilter
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.processes import ROOT, WORKER_COMMANDS, Process, Processes, child_env
 from tests.support.receiver import Receiver, Reply
+from tests.support.sms_provider import ACCOUNT_SID, SmsProvider, sms_provider
+from tests.support.sms_provider import AUTH_TOKEN as SMS_AUTH_TOKEN
 from tests.support.smtp import SmtpSink, free_port
 from tests.support.waiting import eventually
 
@@ -33,6 +35,7 @@ SUBJECT_MARKER = "subject-marker-88aa"
 TEXT_MARKER = "text-marker-5b1e9"
 HTML_MARKER = "html-marker-c07d2"
 RECIPIENT = "recipient-marker@example.org"
+PHONE = "+14155550188"
 URL_TOKEN = "url-token-marker-3f9d"
 SENT_REQUEST_ID = "client-request-0042"
 INSANE_REQUEST_ID = "r" * 129
@@ -142,7 +145,8 @@ def _smtp_with_login() -> Iterator[tuple[SmtpSink, _Authenticator]]:
         controller.stop()
 
 
-def _herald_env(port: int, smtp_port: int, **extra: str) -> dict[str, str]:
+def _herald_env(port: int, smtp_port: int, sms: SmsProvider | None = None, **extra: str) -> dict[str, str]:
+    sms_settings = {name: str(value) for name, value in sms.settings().items()} if sms is not None else {}
     return child_env(
         HOST="127.0.0.1",
         PORT=str(port),
@@ -160,6 +164,7 @@ def _herald_env(port: int, smtp_port: int, **extra: str) -> dict[str, str]:
         RETRY_MAX_DELAY_S="0.2",
         WORKER_POLL_DELAY_S="0.05",
         WORKER_METRICS_PORT="0",
+        **sms_settings,
         **extra,
     )
 
@@ -170,6 +175,7 @@ def _notification(receiver: Receiver) -> dict[str, Any]:
             {"channel": "email", "address": RECIPIENT},
             {"channel": "webhook", "address": receiver.url(f"/hook?token={URL_TOKEN}")},
             {"channel": "webhook", "address": receiver.url("/gone")},
+            {"channel": "sms", "address": PHONE},
         ],
         "subject": f"Hello {SUBJECT_MARKER}",
         "text": f"The body: {TEXT_MARKER}",
@@ -231,9 +237,9 @@ async def test_real_processes_log_json_lines_with_ids_and_no_secret_or_body(
     receiver.script("/hook", Reply(status=503), Reply())
     receiver.script("/gone", Reply(status=410, body=b"gone for good"))
     port = free_port()
-    with _smtp_with_login() as (smtp, authenticator), Processes(tmp_path) as processes:
+    with _smtp_with_login() as (smtp, authenticator), sms_provider() as sms, Processes(tmp_path) as processes:
         smtp.replies.append("451 4.3.0 try again later")
-        env = _herald_env(port, smtp.port, **extra)
+        env = _herald_env(port, smtp.port, sms, **extra)
         started = [processes.start("api", [sys.executable, "-m", "api"], env)]
         if mode == "arq-worker-cli":  # arq's CLI installs its own log handler first
             started.append(processes.start("worker", WORKER_COMMANDS["arq-cli"], env))
@@ -261,6 +267,9 @@ async def test_real_processes_log_json_lines_with_ids_and_no_secret_or_body(
         for signature in received.headers["webhook-signature"].split()
     ]
     assert len(signatures) == 3
+    [sms_message] = sms.messages()
+    assert (sms_message.form["To"], sms_message.form["Body"]) == (PHONE, f"The body: {TEXT_MARKER}")
+    assert sms_message.credentials == (ACCOUNT_SID, SMS_AUTH_TOKEN)
 
     records = {name: _json_lines(text) for name, text in logs.items()}
     everything = [record for lines in records.values() for record in lines]
@@ -278,7 +287,7 @@ async def test_real_processes_log_json_lines_with_ids_and_no_secret_or_body(
 
     # Job outcome lines carry the delivery's ids, channel, attempt, outcome and duration.
     channel_of = {d["id"]: d["channel"] for d in accepted["deliveries"]}
-    email_id, hook_id, gone_id = channel_of
+    email_id, hook_id, gone_id, sms_id = channel_of
     outcomes = [r for r in everything if "outcome" in r]
     for line in outcomes:
         assert line["notification_id"] == accepted["id"], line
@@ -293,13 +302,14 @@ async def test_real_processes_log_json_lines_with_ids_and_no_secret_or_body(
             (hook_id, 1, "retry"),
             (hook_id, 2, "succeeded"),
             (gone_id, 1, "failed"),
+            (sms_id, 1, "succeeded"),
         ]
     )
 
     # arq's own job-start lines keep the job id and function, not the payload.
     arq_starts = [r["message"] for r in everything if r["logger"] == "arq.worker" and " → " in r["message"]]
-    assert len(arq_starts) == (5 if mode != "inline" else 0)
-    assert all(re.search(r"→ dlv_[0-9a-f]+:send_(email|webhook)\(…\)", m) for m in arq_starts), arq_starts
+    assert len(arq_starts) == (6 if mode != "inline" else 0)
+    assert all(re.search(r"→ dlv_[0-9a-f]+:send_(email|webhook|sms)\(…\)", m) for m in arq_starts), arq_starts
 
     # Nothing secret, no content, no address: checked on the raw text, whatever line or field it would be in.
     raw = "\n".join(logs.values())
@@ -311,6 +321,8 @@ async def test_real_processes_log_json_lines_with_ids_and_no_secret_or_body(
         "text": TEXT_MARKER,
         "html": HTML_MARKER,
         "email address": RECIPIENT,
+        "phone number": PHONE,
+        "SMS auth token": SMS_AUTH_TOKEN,
         "webhook URL token": URL_TOKEN,
         "refused X-Request-ID": INSANE_REQUEST_ID,
         **{f"webhook-signature {n}": signature for n, signature in enumerate(signatures)},

@@ -299,6 +299,24 @@ async def test_with_the_only_slot_busy_jobs_start_by_priority(herald: Herald) ->
     assert journal.labels == ["blocker", "urgent", "high", "normal", "low"]
 
 
+async def test_jobs_of_one_priority_start_in_the_order_they_were_queued(herald: Herald) -> None:
+    """FIFO within a level, also for jobs queued within one millisecond: concurrent enqueues (one pipeline
+    in arq mode) and a group (one script)."""
+    async with herald(**ONE_SLOT):
+        blocker = await step.enqueue("blocker", hold="blocker")
+        await started("blocker")
+        singles = [f"single-{n}" for n in range(30)]
+        waiting = await asyncio.gather(*(step.enqueue(label) for label in singles))  # queued in this order
+        grouped = [f"grouped-{n}" for n in range(30)]
+        batch = await group([step.s(label) for label in grouped])
+        journal.release("blocker")
+        await blocker.result(timeout=5)
+        for handle in waiting:
+            await handle.result(timeout=10)
+        await batch.result(timeout=10)
+    assert journal.labels == ["blocker", *singles, *grouped]
+
+
 CONCURRENCY = 4
 NORMAL_JOBS = 2000
 FLOWING = 40  # normal starts after the release, before the urgent job is queued: the backlog is moving

@@ -14,6 +14,7 @@ from core.inline import InlineBackend
 from core.jobs import JobRecord, JobSpec
 from core.store import MemoryJobStore
 from tasks.channels.email import Mailer
+from tasks.channels.sms import build_sms_sender
 from tasks.delivery import DeliveryContext
 from tasks.messages import Channel, DeliveryPayload
 from tasks.registry import TASK_FOR_CHANNEL, build_registry
@@ -61,6 +62,7 @@ async def delivery_context(
 ) -> AsyncIterator[DeliveryContext]:
     """A DeliveryContext over the real clients ``tasks.resources`` builds; closes them after."""
     mailer = mailer or build_mailer(settings)
+    sms = build_sms_sender(settings)
     async with build_webhook_client(settings) as http, build_webhook_sender(settings) as webhooks:
         try:
             yield DeliveryContext(
@@ -71,9 +73,12 @@ async def delivery_context(
                 mailer=mailer,
                 email_from=settings.email_from_address,
                 webhook_signer=Webhook(WEBHOOK_SECRET) if signed else None,
+                sms=sms,
             )
         finally:
             await mailer.aclose()
+            if sms is not None:
+                await sms.aclose()
 
 
 @asynccontextmanager

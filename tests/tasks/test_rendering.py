@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.channels.sms import SegmentCount, segments
 from tasks.rendering import TemplateLibrary, TemplateProblem, default_library
 
 
@@ -131,3 +132,49 @@ def test_broken_context_types_are_template_problems(tmp_path: Path) -> None:
 
 def test_default_library_is_shared() -> None:
     assert default_library() is default_library()
+
+
+def test_sms_txt_is_rendered_stripped_only_when_asked(library: TemplateLibrary) -> None:
+    context = {"name": "Ada", "login_url": "https://app.example.com/login"}
+
+    assert library.render("welcome", context).sms is None
+    rendered = library.render("welcome", context, sms=True)
+    assert rendered.sms == "Welcome to Herald, Ada! Your account is ready. Sign in: https://app.example.com/login"
+    assert library.render("welcome", {"name": "Ada"}, sms=True).sms == "Welcome to Herald, Ada! Your account is ready."
+
+
+def test_the_shipped_sms_texts_are_one_gsm7_segment_line(library: TemplateLibrary) -> None:
+    welcome = library.render("welcome", {"name": "Ada", "login_url": "https://app.example.com/login"}, sms=True)
+    reset = library.render("password_reset", {"reset_url": "https://app.example.com/reset/abc"}, sms=True)
+
+    for text in (welcome.sms, reset.sms):
+        assert text is not None
+        assert len(text.splitlines()) == 1
+        assert segments(text) == SegmentCount("GSM-7", len(text), 1)
+    assert reset.sms == (
+        "Reset your Herald password within 30 minutes: https://app.example.com/reset/abc Not you? Ignore this message."
+    )
+
+
+def test_a_template_without_sms_txt_cannot_render_an_sms(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "subject.txt").write_text("Ping")
+    (tmp_path / "plain" / "body.txt").write_text("A long email body")
+    library = TemplateLibrary(tmp_path)
+
+    assert library.render("plain", {}).sms is None
+    with pytest.raises(TemplateProblem, match=r"template 'plain' has no sms\.txt") as caught:
+        library.render("plain", {}, sms=True)
+    assert caught.value.field == "template"
+
+
+def test_a_variable_only_sms_txt_uses_is_needed_only_for_an_sms(tmp_path: Path) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "subject.txt").write_text("Your code")
+    (tmp_path / "code" / "body.txt").write_text("See your phone.")
+    (tmp_path / "code" / "sms.txt").write_text("Code: {{ code }}")
+    library = TemplateLibrary(tmp_path)
+
+    assert library.render("code", {}).text == "See your phone."
+    with pytest.raises(TemplateProblem, match=r"needs variable 'code' in context \(sms\.txt\)"):
+        library.render("code", {}, sms=True)
