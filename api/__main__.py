@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.inbox_deps import end_streams
 from core.config import Settings, get_settings
 from core.errors import ConfigError
 from core.logging import configure_logging
@@ -35,7 +37,24 @@ def serve(build: Callable[[Settings], FastAPI]) -> None:
         raise SystemExit(2) from None
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     freeze_startup_objects()
-    uvicorn.run(app, **uvicorn_options(settings))
+    HeraldServer(uvicorn.Config(app, **uvicorn_options(settings)), app).run()
+
+
+class HeraldServer(uvicorn.Server):
+    """uvicorn, ending the app's open event streams as soon as shutdown begins.
+
+    uvicorn waits for open responses (up to ``timeout_graceful_shutdown``) before the lifespan's shutdown; an
+    inbox stream never finishes by itself, so without this every deploy with a browser connected would wait
+    the whole HTTP_DRAIN_S and then cancel it.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        end_streams(self._app)
+        await super().shutdown(sockets)
 
 
 def freeze_startup_objects() -> None:

@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.request_id import RequestId
 from api.routers import dashboard, deliveries, health, metrics, notifications
+from api.routers import inbox as inbox_endpoints
 from api.routers import tasks as task_endpoints
 from api.routers.metrics import WebMetrics
 from core.arq_backend import ArqBackend
@@ -31,6 +32,7 @@ from core.registry import TaskRegistry
 from core.store import MemoryJobStore
 from core.taskset import TaskSet, opened_resources, task_set_cron
 from tasks.cron import inline_cron
+from tasks.inbox import InboxStore, MemoryInbox, RedisInbox
 from tasks.notifications import NotificationService
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
@@ -50,6 +52,7 @@ class Opened:
     backend: TaskBackend
     schedulers: list[CronScheduler[Any]]
     cron_history: CronHistory
+    inbox: InboxStore
 
 
 @asynccontextmanager
@@ -59,6 +62,7 @@ async def inline_backend(
     store = MemoryJobStore(max_finished=settings.RECORD_MAX_COUNT, ttl_s=settings.RECORD_TTL_S)
     documents = MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S)
     history = MemoryCronHistory()
+    inbox = MemoryInbox(max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
     async with delivery_resources(settings) as shared, opened_resources(shared, task_sets) as resources:
         backend = InlineBackend(
             registry,
@@ -76,7 +80,10 @@ async def inline_backend(
             own = task_set_cron(task_sets, MemoryLease(), resources=resources, history=history)
             if own is not None:
                 schedulers.append(own)
-        yield Opened(backend, schedulers, history)
+        try:
+            yield Opened(backend, schedulers, history, inbox)
+        finally:
+            await inbox.aclose()
 
 
 @asynccontextmanager
@@ -105,7 +112,11 @@ async def arq_backend(
             heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
             worker=embedded,
         )
-        yield Opened(backend, [], RedisCronHistory(redis))
+        inbox = RedisInbox(redis, max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
+        try:
+            yield Opened(backend, [], RedisCronHistory(redis), inbox)
+        finally:
+            await inbox.aclose()  # its pub/sub connection, before the client's pool
     finally:
         await redis.aclose()
 
@@ -124,6 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.backend = backend
         app.state.cron_history = opened.cron_history
         app.state.cron = opened.schedulers[0] if opened.schedulers else None
+        app.state.inbox = opened.inbox
         app.state.notifications = NotificationService(backend, idempotency_ttl_s=settings.IDEMPOTENCY_TTL_S)
         app.state.tasks = TaskQueue(backend, registry, key_ttl_s=settings.IDEMPOTENCY_TTL_S)
         await backend.start()
@@ -141,6 +153,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             yield
         finally:
+            opened.inbox.close_streams()  # python -m api ends them sooner, as uvicorn's shutdown begins
             for scheduler in opened.schedulers:
                 await scheduler.stop()
             logger.info("shutting down: draining jobs for up to %gs", settings.SHUTDOWN_GRACE_S)
@@ -172,6 +185,7 @@ def create_app(settings: Settings | None = None, *, task_sets: Sequence[TaskSet]
     app.include_router(health.router)
     app.include_router(notifications.router)
     app.include_router(deliveries.router)
+    app.include_router(inbox_endpoints.router)
     app.include_router(task_endpoints.router)
     app.include_router(metrics.router, dependencies=metrics.access(settings))
     app.include_router(dashboard.router)

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     RECORD_MAX_COUNT: int = Field(default=10_000, ge=10, le=10_000_000)
     RECORD_TTL_S: PositiveSeconds = 7 * 24 * 3600.0
     IDEMPOTENCY_TTL_S: PositiveSeconds = 24 * 3600.0
+    INBOX_MAX_PER_USER: int = Field(default=200, ge=1, le=10_000)
+    INBOX_HEARTBEAT_S: PositiveSeconds = 15.0
 
     MAX_BODY_BYTES: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     MAX_RECIPIENTS: int = Field(default=50, ge=1, le=10_000)

@@ -22,12 +22,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from api.__main__ import freeze_startup_objects, uvicorn_options
 from api.app import create_app
 from api.auth import require_api_key
-from api.routers import dashboard, deliveries, health, metrics, notifications, tasks
+from api.routers import dashboard, deliveries, health, inbox, metrics, notifications, tasks
 from api.schemas import normalized_email, webhook_host
 from tasks.rendering import TEMPLATE_ROOT, TemplateLibrary
 from tests.support.receiver import Receiver
 
-ROUTERS = (dashboard, deliveries, health, metrics, notifications, tasks)
+ROUTERS = (dashboard, deliveries, health, inbox, metrics, notifications, tasks)
 
 
 def _calls(dependant: Dependant) -> list[Any]:
