@@ -63,7 +63,10 @@ async def inline_backend(
     documents = MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S)
     history = MemoryCronHistory()
     inbox = MemoryInbox(max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
-    async with delivery_resources(settings) as shared, opened_resources(shared, task_sets) as resources:
+    async with (
+        delivery_resources(settings, inbox=inbox) as shared,  # send_inapp stores where the API reads and streams
+        opened_resources(shared, task_sets) as resources,
+    ):
         backend = InlineBackend(
             registry,
             store,

@@ -23,10 +23,15 @@ async def get_inbox(request: Request) -> InboxStore:
     return inbox
 
 
+def is_user_id(value: str) -> bool:
+    """Whether ``value`` is a user id as the inbox keeps them (USER_ID_RULE); also an ``inapp`` recipient's address."""
+    return _USER_ID.fullmatch(value) is not None
+
+
 async def valid_user_id(
     user_id: Annotated[str, Path(description=f"Your application's id of the user: {USER_ID_RULE}.")],
 ) -> str:
-    if not _USER_ID.fullmatch(user_id):
+    if not is_user_id(user_id):
         raise invalid(("path", "user_id"), USER_ID_RULE, "string_pattern_mismatch")
     return user_id
 

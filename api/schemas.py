@@ -11,6 +11,7 @@ import httpx
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from api.inbox_deps import USER_ID_RULE, is_user_id
 from core.jobs import Priority
 from tasks.channels.sms import validate_e164
 from tasks.notifications import DeliveryItem, DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
@@ -30,12 +31,13 @@ ADDRESS_CACHE_SIZE = 4096
 class Recipient(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    channel: Literal["email", "webhook", "sms"] = Field(description="How to reach the recipient.")
+    channel: Literal["email", "webhook", "sms", "inapp"] = Field(description="How to reach the recipient.")
     address: str = Field(
         min_length=1,
         max_length=MAX_ADDRESS_LENGTH,
         description="An email address for `email`, an http(s) URL for `webhook`, "
-        "an E.164 phone number (`+14155550123`) for `sms`.",
+        "an E.164 phone number (`+14155550123`) for `sms`, your application's user id for `inapp` "
+        f"(the `user_id` of `GET /users/{{user_id}}/inbox`: {USER_ID_RULE}).",
     )
 
     @field_validator("address")
@@ -48,6 +50,8 @@ class Recipient(BaseModel):
             return _webhook_url(value)
         if channel == "sms":
             return validate_e164(value)
+        if channel == "inapp" and not is_user_id(value):
+            raise ValueError(f"an inapp address is a user id, which {USER_ID_RULE}")
         return value
 
 
@@ -102,6 +106,7 @@ class NotifyRequest(BaseModel):
                         {"channel": "email", "address": "ada@example.com"},
                         {"channel": "webhook", "address": "https://hooks.example.com/herald"},
                         {"channel": "sms", "address": "+14155550123"},
+                        {"channel": "inapp", "address": "user_42"},
                     ],
                     "template": "welcome",
                     "context": {"name": "Ada"},
@@ -120,14 +125,14 @@ class NotifyRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=MAX_SUBJECT_LENGTH,
-        description="Literal subject, one line; optional when every recipient is `sms`.",
+        description="Literal subject, one line (an `inapp` message's title); optional when every recipient is `sms`.",
     )
     text: str | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_TEXT_LENGTH,
         description="Literal text, sent as given: the email's text part, the webhook's `text`, the SMS body "
-        "(at most SMS_MAX_SEGMENTS segments, never truncated).",
+        "(at most SMS_MAX_SEGMENTS segments, never truncated), the inbox message's body (`inapp`).",
     )
     html: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed in status and webhooks.")
@@ -168,7 +173,9 @@ class NotifyRequest(BaseModel):
                 raise ValueError("'context' is only used with 'template'")
         seen: set[tuple[str, str]] = set()
         for index, recipient in enumerate(self.to):
-            key = (recipient.channel, recipient.address.lower())
+            # a user id is case-sensitive, as its inbox is; addresses and URLs are not
+            address = recipient.address if recipient.channel == "inapp" else recipient.address.lower()
+            key = (recipient.channel, address)
             if key in seen:
                 raise ValueError(f"to[{index}] repeats an earlier recipient ({recipient.channel} {recipient.address})")
             seen.add(key)

@@ -18,6 +18,7 @@ from tasks.channels.email import Mailer, build_message
 from tasks.channels.sms import SmsSender, post_sms
 from tasks.channels.webhook import post_webhook
 from tasks.channels.webhook_client import WebhookClient
+from tasks.inbox import InboxMessage, InboxStore
 from tasks.messages import DeliveryPayload
 
 
@@ -28,6 +29,7 @@ class DeliveryContext(JobContext):
     email_from: Address
     webhook_signer: Webhook | None
     sms: SmsSender | None  # None when SMS_ACCOUNT_SID, SMS_AUTH_TOKEN and SMS_FROM are not set
+    inbox: InboxStore  # the web app's MemoryInbox in-process; a RedisInbox the worker opens in arq mode
 
 
 async def send_email(ctx: DeliveryContext, payload: DeliveryPayload) -> None:
@@ -53,6 +55,26 @@ async def send_sms(ctx: DeliveryContext, payload: DeliveryPayload) -> str:
     """
     _bind_ids(payload)
     return await post_sms(ctx["sms"], payload)
+
+
+async def send_inapp(ctx: DeliveryContext, payload: DeliveryPayload) -> str:
+    """Store one message in the user's inbox (its live streams see it); returns the message id (the job's result).
+
+    Idempotent on the delivery id: an attempt retried after the store answered, or run twice, stores nothing
+    more and returns the id of the message already there. Redis errors are retried by the runner.
+    """
+    _bind_ids(payload)
+    stored = await ctx["inbox"].deliver(
+        InboxMessage.new(
+            user_id=payload["address"],
+            title=payload["subject"],
+            body=payload["text"],
+            url=payload.get("url"),
+            delivery_id=payload["delivery_id"],
+            notification_id=payload["notification_id"],
+        )
+    )
+    return stored.id
 
 
 def _bind_ids(payload: DeliveryPayload) -> None:

@@ -3,18 +3,21 @@
 It is a plain JSON-able dict (a durable queue stores it as JSON) fixed when the notification is
 accepted, so every retry sends exactly the same content. ``text`` is what the channel sends as text: the
 rendered ``body.txt`` for email and webhooks, the rendered ``sms.txt`` for SMS (the body the API counted).
+For ``inapp`` the inbox message's title is ``subject``, its body ``text`` and its link ``url`` (the rendered
+``inapp.txt``, or the subject and ``body.txt`` of a template without one); ``url`` is only in inapp payloads.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class Channel(StrEnum):
     EMAIL = "email"
     WEBHOOK = "webhook"
     SMS = "sms"
+    INAPP = "inapp"
 
 
 class DeliveryPayload(TypedDict):
@@ -30,3 +33,4 @@ class DeliveryPayload(TypedDict):
     template: str | None
     context: dict[str, Any]
     metadata: dict[str, Any]
+    url: NotRequired[str | None]  # inapp: the message's link

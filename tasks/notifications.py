@@ -211,12 +211,14 @@ class NotificationService:
         """Accept a notification and queue one delivery per recipient, all in one atomic write.
 
         ``idempotency`` is ``(key, request fingerprint)``. Returns the view and whether it is a
-        replay of an earlier request with the same key. An SMS recipient is sent ``message.sms``, which
-        must then be given (ValueError otherwise). Raises IdempotencyConflictError or an EnqueueError;
-        in all these cases nothing was written.
+        replay of an earlier request with the same key. An SMS recipient is sent ``message.sms`` and an
+        inapp recipient ``message.inapp``, which must then be given (ValueError otherwise). Raises
+        IdempotencyConflictError or an EnqueueError; in all these cases nothing was written.
         """
         if message.sms is None and any(r.channel is Channel.SMS for r in recipients):
             raise ValueError("an sms recipient needs message.sms, the SMS body checked at the API")
+        if message.inapp is None and any(r.channel is Channel.INAPP for r in recipients):
+            raise ValueError("an inapp recipient needs message.inapp, the inbox message checked at the API")
         notification_id = new_id("ntf")
         created_at = utcnow()
         event_type = f"notification.{template}" if template else "notification.message"
@@ -359,6 +361,23 @@ def _payload(
     record: NotificationRecord, ref: DeliveryRef, message: RenderedMessage, context: dict[str, Any]
 ) -> DeliveryPayload:
     sms = ref.channel is Channel.SMS
+    if ref.channel is Channel.INAPP and message.inapp is not None:  # submit() made sure an inapp one has it
+        inapp = message.inapp
+        return DeliveryPayload(
+            delivery_id=ref.id,
+            notification_id=record.id,
+            channel=ref.channel.value,
+            address=ref.address,
+            event_type=record.event_type,
+            created_at=record.created_at.isoformat(),
+            subject=inapp.title,
+            text=inapp.body,
+            html=None,
+            template=record.template,
+            context=context,
+            metadata=record.metadata,
+            url=inapp.url,
+        )
     return DeliveryPayload(
         delivery_id=ref.id,
         notification_id=record.id,

@@ -1,9 +1,21 @@
-"""Jinja2 templates under ``tasks/templates/<name>/``: subject.txt, body.txt, optional body.html and sms.txt.
+"""Jinja2 templates under ``tasks/templates/<name>/``: subject.txt, body.txt, optional body.html, sms.txt, inapp.txt.
 
 HTML is autoescaped, text is not. Undefined variables are errors (StrictUndefined), so a
 missing context value is caught when the notification is accepted, not when it is sent.
 ``sms.txt`` is rendered only for a notification with an SMS recipient, and stripped: that text is the
 SMS body, counted in segments at the API and sent as it is.
+
+``inapp.txt`` is rendered only for a notification with an ``inapp`` recipient. Its first line is the inbox
+message's title (one line, at most 255 characters), an optional second line ``url: <http(s) URL>`` its link,
+then a blank line, then the body (stripped)::
+
+    Welcome, {{ name }}!
+    url: {{ login_url }}
+
+    Your account is ready.
+
+A template without ``inapp.txt`` gives an inapp recipient its subject as the title and its ``body.txt``
+(stripped) as the body, without a link: an inbox message reads fine as a short email text, unlike an SMS.
 
 A template is read and compiled the first time it is rendered and kept for the life of the process,
 like code: every ``POST /notify`` renders one, and looking it up on disk again (Jinja's auto-reload
@@ -25,6 +37,8 @@ TEMPLATE_ROOT = Path(__file__).parent / "templates"
 MAX_SUBJECT_LENGTH = 255
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +47,16 @@ class _Parts:
     text: jinja2.Template
     html: jinja2.Template | None
     sms: jinja2.Template | None
+    inapp: jinja2.Template | None
+
+
+@dataclass(frozen=True, slots=True)
+class InAppMessage:
+    """What an ``inapp`` recipient's inbox gets."""
+
+    title: str
+    body: str
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +65,7 @@ class RenderedMessage:
     text: str
     html: str | None
     sms: str | None = None  # the SMS body: the rendered sms.txt, when asked for
+    inapp: InAppMessage | None = None  # the inbox message: inapp.txt, or subject + body.txt; when asked for
 
 
 class TemplateProblem(ValueError):
@@ -69,8 +94,8 @@ class TemplateLibrary:
     def exists(self, name: str) -> bool:
         return bool(_NAME.match(name)) and (self._root / name / "subject.txt").is_file()
 
-    def render(self, name: str, context: dict[str, Any], *, sms: bool = False) -> RenderedMessage:
-        """Render the parts of template ``name``, and its ``sms.txt`` (stripped) if ``sms``.
+    def render(self, name: str, context: dict[str, Any], *, sms: bool = False, inapp: bool = False) -> RenderedMessage:
+        """Render the parts of template ``name``, its ``sms.txt`` (stripped) if ``sms``, its inbox message if ``inapp``.
 
         Raises TemplateProblem naming what is wrong, also when ``sms`` is asked of a template without ``sms.txt``.
         """
@@ -96,7 +121,14 @@ class TemplateLibrary:
                     field="template",
                 )
             sms_text = self._render(name, "sms.txt", parts.sms, context).strip()
-        return RenderedMessage(subject=subject, text=text, html=html, sms=sms_text)
+        inapp_message = None
+        if inapp:
+            inapp_message = (
+                parse_inapp(name, self._render(name, "inapp.txt", parts.inapp, context))
+                if parts.inapp is not None
+                else InAppMessage(title=subject, body=text.strip())
+            )
+        return RenderedMessage(subject=subject, text=text, html=html, sms=sms_text, inapp=inapp_message)
 
     def _load(self, name: str) -> _Parts:
         if not self.exists(name):
@@ -104,11 +136,13 @@ class TemplateLibrary:
             raise TemplateProblem(f"unknown template {name!r}; known templates: {known}", field="template")
         has_html = (self._root / name / "body.html").is_file()
         has_sms = (self._root / name / "sms.txt").is_file()
+        has_inapp = (self._root / name / "inapp.txt").is_file()
         parts = _Parts(
             subject=self._compile(name, "subject.txt"),
             text=self._compile(name, "body.txt"),
             html=self._compile(name, "body.html") if has_html else None,
             sms=self._compile(name, "sms.txt") if has_sms else None,
+            inapp=self._compile(name, "inapp.txt") if has_inapp else None,
         )
         self._compiled[name] = parts
         return parts
@@ -138,6 +172,30 @@ class TemplateLibrary:
             raise TemplateProblem(
                 f"template {name!r} could not render {part} with this context: {exc}", field="context"
             ) from None
+
+
+def parse_inapp(name: str, rendered: str) -> InAppMessage:
+    """The title, optional ``url:`` line and body of a rendered inapp.txt; TemplateProblem saying what is wrong."""
+    lines = rendered.strip().split("\n")
+    title = lines[0].strip()
+    rest = lines[1:]
+    url = None
+    if rest and rest[0].startswith("url:"):
+        url = rest[0].removeprefix("url:").strip()
+        rest = rest[1:]
+    if rest and rest[0].strip():
+        raise _inapp_problem(name, "the title (and url: line) must be followed by a blank line, then the body")
+    if not title or len(title.splitlines()) > 1 or _CONTROL.search(title):
+        raise _inapp_problem(name, "the first line, the title, must be one line of text")
+    if len(title) > MAX_SUBJECT_LENGTH:
+        raise _inapp_problem(name, f"the title is {len(title)} characters; at most {MAX_SUBJECT_LENGTH}")
+    if url is not None and not _HTTP_URL.match(url):
+        raise _inapp_problem(name, f"the url: line must give an http:// or https:// URL, got {url[:100]!r}")
+    return InAppMessage(title=title, body="\n".join(rest).strip(), url=url)
+
+
+def _inapp_problem(name: str, problem: str) -> TemplateProblem:
+    return TemplateProblem(f"template {name!r} (inapp.txt): {problem}", field="context")
 
 
 @cache

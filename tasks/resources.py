@@ -13,6 +13,7 @@ from tasks.channels.email import ConsoleMailer, Mailer, SmtpMailer
 from tasks.channels.netguard import GuardedTransport
 from tasks.channels.sms import build_sms_sender
 from tasks.channels.webhook_client import WebhookClient
+from tasks.inbox import InboxStore
 
 WEBHOOK_CONNECTIONS = 100
 
@@ -52,8 +53,15 @@ def build_webhook_sender(settings: Settings) -> WebhookClient:
 
 
 @asynccontextmanager
-async def delivery_resources(settings: Settings) -> AsyncIterator[dict[str, object]]:
-    """The shared part of every DeliveryContext (the runner adds ``job_id`` and ``job_try``)."""
+async def delivery_resources(
+    settings: Settings, *, inbox: InboxStore | None = None
+) -> AsyncIterator[dict[str, object]]:
+    """The shared part of every DeliveryContext (the runner adds ``job_id`` and ``job_try``).
+
+    ``inbox``: the store ``send_inapp`` writes to, owned (and closed) by the caller: in-process the web app's
+    own, so its streams see the message; an arq worker adds its RedisInbox at start-up instead (it needs the
+    worker's Redis connection, which does not exist yet here).
+    """
     secret = settings.WEBHOOK_SECRET
     async with AsyncExitStack() as opened:  # closed in reverse order, each even if an earlier one fails
         http = await opened.enter_async_context(build_webhook_client(settings))
@@ -70,4 +78,5 @@ async def delivery_resources(settings: Settings) -> AsyncIterator[dict[str, obje
             "email_from": settings.email_from_address,
             "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,
             "sms": sms,
+            **({"inbox": inbox} if inbox is not None else {}),
         }

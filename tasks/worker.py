@@ -38,6 +38,7 @@ from core.queue import TaskQueue
 from core.registry import TaskRegistry
 from core.taskset import TaskSet, opened_resources, task_set_cron
 from tasks.cron import arq_cron
+from tasks.inbox import RedisInbox
 from tasks.metrics import delivery_metrics
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
@@ -69,6 +70,7 @@ def build_worker_options(
         task_sets = load_task_sets(settings.TASK_MODULES)
     registry = build_registry(settings, task_sets)
     start, stop = _cron_hooks(settings, task_sets) if settings.CRON_ENABLED else (None, None)
+    start, stop = _inbox(settings, then=(start, stop))
     if bind_task_sets and task_sets:
         start, stop = _binding(settings, registry, task_sets, then=(start, stop))
     if metrics_server is not None:
@@ -111,6 +113,30 @@ def _serving_metrics(server: MetricsServer, *, then: WorkerHook | None) -> Worke
             await then(ctx)
 
     return start
+
+
+def _inbox(settings: Settings, *, then: tuple[WorkerHook | None, WorkerHook | None]) -> tuple[WorkerHook, WorkerHook]:
+    """Open ``ctx["inbox"]`` (send_inapp's store, on the worker's Redis) before ``then[0]``; close it after ``then[1]``.
+
+    Here rather than in delivery_resources: it needs the worker's Redis connection, made by arq before start-up.
+    """
+    then_start, then_stop = then
+
+    async def start(ctx: dict[str, Any]) -> None:
+        ctx["inbox"] = RedisInbox(ctx["redis"], max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
+        if then_start is not None:
+            await then_start(ctx)
+
+    async def stop(ctx: dict[str, Any]) -> None:
+        try:
+            if then_stop is not None:
+                await then_stop(ctx)
+        finally:
+            inbox: RedisInbox | None = ctx.pop("inbox", None)
+            if inbox is not None:
+                await inbox.aclose()
+
+    return start, stop
 
 
 def _cron_hooks(settings: Settings, task_sets: Sequence[TaskSet]) -> tuple[WorkerHook, WorkerHook]:

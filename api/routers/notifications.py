@@ -26,7 +26,7 @@ from tasks.channels.netguard import forbidden_reason, parse_ip_literal
 from tasks.channels.sms import length_problem
 from tasks.messages import Channel
 from tasks.notifications import NotificationView, Recipient
-from tasks.rendering import RenderedMessage
+from tasks.rendering import InAppMessage, RenderedMessage
 
 router = APIRouter(tags=["notifications"], dependencies=[Depends(require_api_key)])
 
@@ -78,11 +78,17 @@ async def notify(
     send_at = _check_send_at(body.send_at, settings)
     expires_at = _check_expires_at(body.expires_at, body.send_at)
     sms = any(recipient.channel == Channel.SMS.value for recipient in body.to)
+    inapp = any(recipient.channel == Channel.INAPP.value for recipient in body.to)
     message = (
-        templates.render(body.template, body.context, sms=sms)
+        templates.render(body.template, body.context, sms=sms, inapp=inapp)
         if body.template is not None
         else RenderedMessage(
-            subject=body.subject or "", text=body.text or "", html=body.html, sms=body.text if sms else None
+            subject=body.subject or "",
+            text=body.text or "",
+            html=body.html,
+            sms=body.text if sms else None,
+            # the literal subject is already one line of at most 255 characters: a fine title
+            inapp=InAppMessage(title=body.subject or "", body=body.text or "") if inapp else None,
         )
     )
     if message.sms is not None:

@@ -22,7 +22,7 @@ CASES: list[tuple[str, Any, int, list[Any] | None, str]] = [
         {"to": [{"channel": "pigeon", "address": "x"}], **OK_LITERAL},
         422,
         ["body", "to", 0, "channel"],
-        "'email', 'webhook' or 'sms'",
+        "'email', 'webhook', 'sms' or 'inapp'",
     ),
     (
         "bad email",

@@ -16,6 +16,7 @@ from core.store import MemoryJobStore
 from tasks.channels.email import Mailer
 from tasks.channels.sms import build_sms_sender
 from tasks.delivery import DeliveryContext
+from tasks.inbox import InboxStore, MemoryInbox
 from tasks.messages import Channel, DeliveryPayload
 from tasks.registry import TASK_FOR_CHANNEL, build_registry
 from tasks.resources import build_mailer, build_webhook_client, build_webhook_sender, delivery_resources
@@ -58,9 +59,11 @@ def make_payload(
 
 @asynccontextmanager
 async def delivery_context(
-    settings: Settings, *, mailer: Mailer | None = None, signed: bool = True
+    settings: Settings, *, mailer: Mailer | None = None, signed: bool = True, inbox: InboxStore | None = None
 ) -> AsyncIterator[DeliveryContext]:
-    """A DeliveryContext over the real clients ``tasks.resources`` builds; closes them after."""
+    """A DeliveryContext over the real clients ``tasks.resources`` builds (and a MemoryInbox unless ``inbox``)."""
+    if inbox is None:
+        inbox = MemoryInbox(max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
     mailer = mailer or build_mailer(settings)
     sms = build_sms_sender(settings)
     async with build_webhook_client(settings) as http, build_webhook_sender(settings) as webhooks:
@@ -74,6 +77,7 @@ async def delivery_context(
                 email_from=settings.email_from_address,
                 webhook_signer=Webhook(WEBHOOK_SECRET) if signed else None,
                 sms=sms,
+                inbox=inbox,
             )
         finally:
             await mailer.aclose()
@@ -82,9 +86,9 @@ async def delivery_context(
 
 
 @asynccontextmanager
-async def inline_runner(settings: Settings) -> AsyncIterator[InlineBackend]:
-    """The real InlineBackend with Herald's registry and resources, started and stopped."""
-    async with delivery_resources(settings) as resources:
+async def inline_runner(settings: Settings, *, inbox: InboxStore | None = None) -> AsyncIterator[InlineBackend]:
+    """The real InlineBackend with Herald's registry and resources (``inbox`` for send_inapp), started and stopped."""
+    async with delivery_resources(settings, inbox=inbox) as resources:
         backend = InlineBackend(
             build_registry(settings),
             MemoryJobStore(max_finished=100, ttl_s=3600),
