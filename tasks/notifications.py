@@ -360,38 +360,29 @@ class NotificationService:
 def _payload(
     record: NotificationRecord, ref: DeliveryRef, message: RenderedMessage, context: dict[str, Any]
 ) -> DeliveryPayload:
-    sms = ref.channel is Channel.SMS
-    if ref.channel is Channel.INAPP and message.inapp is not None:  # submit() made sure an inapp one has it
-        inapp = message.inapp
-        return DeliveryPayload(
-            delivery_id=ref.id,
-            notification_id=record.id,
-            channel=ref.channel.value,
-            address=ref.address,
-            event_type=record.event_type,
-            created_at=record.created_at.isoformat(),
-            subject=inapp.title,
-            text=inapp.body,
-            html=None,
-            template=record.template,
-            context=context,
-            metadata=record.metadata,
-            url=inapp.url,
-        )
-    return DeliveryPayload(
+    subject, text, html = message.subject, message.text, message.html
+    if ref.channel is Channel.SMS:
+        text, html = message.sms or "", None  # submit() made sure an SMS has its text
+    inapp = message.inapp if ref.channel is Channel.INAPP else None  # submit() made sure an inapp one has it
+    if inapp is not None:
+        subject, text, html = inapp.title, inapp.body, None
+    payload = DeliveryPayload(
         delivery_id=ref.id,
         notification_id=record.id,
         channel=ref.channel.value,
         address=ref.address,
         event_type=record.event_type,
         created_at=record.created_at.isoformat(),
-        subject=message.subject,
-        text=(message.sms or "") if sms else message.text,  # submit() made sure an SMS has its text
-        html=None if sms else message.html,
+        subject=subject,
+        text=text,
+        html=html,
         template=record.template,
         context=context,
         metadata=record.metadata,
     )
+    if inapp is not None:
+        payload["url"] = inapp.url
+    return payload
 
 
 def _view(record: NotificationRecord, jobs: dict[str, JobRecord]) -> NotificationView:
