@@ -16,6 +16,7 @@ from api.limits import BodySizeLimit
 from api.request_id import RequestId
 from api.routers import dashboard, deliveries, health, metrics, notifications
 from api.routers import inbox as inbox_endpoints
+from api.routers import preferences as preference_endpoints
 from api.routers import tasks as task_endpoints
 from api.routers.metrics import WebMetrics
 from core.arq_backend import ArqBackend
@@ -34,6 +35,7 @@ from core.taskset import TaskSet, opened_resources, task_set_cron
 from tasks.cron import inline_cron
 from tasks.inbox import InboxStore, MemoryInbox, RedisInbox
 from tasks.notifications import NotificationService
+from tasks.preferences import MemoryPreferences, PreferenceStore, RedisPreferences
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
 from tasks.worker import build_worker_options
@@ -53,6 +55,7 @@ class Opened:
     schedulers: list[CronScheduler[Any]]
     cron_history: CronHistory
     inbox: InboxStore
+    preferences: PreferenceStore
 
 
 @asynccontextmanager
@@ -63,8 +66,10 @@ async def inline_backend(
     documents = MemoryDocumentStore(max_documents=settings.RECORD_MAX_COUNT * 2, ttl_s=settings.RECORD_TTL_S)
     history = MemoryCronHistory()
     inbox = MemoryInbox(max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
+    preferences = MemoryPreferences(max_users=settings.PREFERENCES_MAX_USERS)
     async with (
-        delivery_resources(settings, inbox=inbox) as shared,  # send_inapp stores where the API reads and streams
+        # send_inapp stores where the API reads and streams; deliveries see the preferences the API keeps
+        delivery_resources(settings, inbox=inbox, preferences=preferences) as shared,
         opened_resources(shared, task_sets) as resources,
     ):
         backend = InlineBackend(
@@ -84,7 +89,7 @@ async def inline_backend(
             if own is not None:
                 schedulers.append(own)
         try:
-            yield Opened(backend, schedulers, history, inbox)
+            yield Opened(backend, schedulers, history, inbox, preferences)
         finally:
             await inbox.aclose()
 
@@ -117,7 +122,7 @@ async def arq_backend(
         )
         inbox = RedisInbox(redis, max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
         try:
-            yield Opened(backend, [], RedisCronHistory(redis), inbox)
+            yield Opened(backend, [], RedisCronHistory(redis), inbox, RedisPreferences(redis))
         finally:
             await inbox.aclose()  # its pub/sub connection, before the client's pool
     finally:
@@ -139,6 +144,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.cron_history = opened.cron_history
         app.state.cron = opened.schedulers[0] if opened.schedulers else None
         app.state.inbox = opened.inbox
+        app.state.preferences = opened.preferences
         app.state.notifications = NotificationService(backend, idempotency_ttl_s=settings.IDEMPOTENCY_TTL_S)
         app.state.tasks = TaskQueue(backend, registry, key_ttl_s=settings.IDEMPOTENCY_TTL_S)
         await backend.start()
@@ -189,6 +195,7 @@ def create_app(settings: Settings | None = None, *, task_sets: Sequence[TaskSet]
     app.include_router(notifications.router)
     app.include_router(deliveries.router)
     app.include_router(inbox_endpoints.router)
+    app.include_router(preference_endpoints.router)
     app.include_router(task_endpoints.router)
     app.include_router(metrics.router, dependencies=metrics.access(settings))
     app.include_router(dashboard.router)

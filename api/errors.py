@@ -19,6 +19,7 @@ from core.errors import (
     UnknownJobError,
 )
 from tasks.notifications import IdempotencyConflictError
+from tasks.preferences import PreferencesFullError
 from tasks.rendering import TemplateProblem
 
 RETRY_AFTER_FULL_S = 5
@@ -74,6 +75,10 @@ async def _backend_unavailable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
+async def _preferences_full(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=507, content={"detail": f"{exc}; nothing was changed"})
+
+
 async def _not_retryable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=409, content={"detail": str(exc)})
 
@@ -96,6 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotRetryableError, _not_retryable)
     app.add_exception_handler(DuplicateJobError, _not_retryable)
     app.add_exception_handler(BackendUnavailableError, _backend_unavailable)
+    app.add_exception_handler(PreferencesFullError, _preferences_full)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(TemplateProblem, _template_problem)
     app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)

@@ -110,7 +110,8 @@ class NotifyRequest(BaseModel):
                     ],
                     "template": "welcome",
                     "context": {"name": "Ada"},
-                    "metadata": {"user_id": "42"},
+                    "user_id": "user_42",
+                    "metadata": {"signup_source": "web"},
                 }
             ]
         },
@@ -136,6 +137,14 @@ class NotifyRequest(BaseModel):
     )
     html: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed in status and webhooks.")
+    user_id: str | None = Field(
+        default=None,
+        description="Your application's id of the user this notification is for: just before each delivery is "
+        "sent, that user's preferences (`PUT /users/{user_id}/preferences`) are checked, and one they opted out "
+        "of ends `skipped` (a template marked critical is sent anyway). An `inapp` recipient is checked against "
+        f"its own user id. {USER_ID_RULE[0].upper()}{USER_ID_RULE[1:]}.",
+        examples=["user_42"],
+    )
     send_at: AwareDatetime | None = Field(
         default=None,
         description="ISO-8601 with a timezone: deliveries wait until then (status `scheduled`); past = now.",
@@ -149,6 +158,13 @@ class NotifyRequest(BaseModel):
         description="ISO-8601 with a timezone: a delivery not started by then ends `expired` and is never sent "
         "(so nothing arrives late). Must be in the future, and after `send_at` if both are given.",
     )
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id(cls, value: str | None) -> str | None:
+        if value is not None and not is_user_id(value):
+            raise ValueError(f"the user id {USER_ID_RULE}")
+        return value
 
     @field_validator("subject")
     @classmethod
@@ -188,7 +204,10 @@ class DeliveryOut(BaseModel):
     address: str
     status: DeliveryStatus
     attempts: int
-    last_error: str | None
+    last_error: str | None = Field(
+        description="Why the last attempt failed, or why the delivery ended unsent: `skipped` names the opt-out "
+        "(e.g. `user user_42 opted out of sms`), `cancelled` and `expired` say when."
+    )
     created_at: datetime
     updated_at: datetime
     next_attempt_at: datetime | None
@@ -238,6 +257,7 @@ class NotificationOut(BaseModel):
     send_at: datetime | None
     priority: Priority
     expires_at: datetime | None
+    user_id: str | None = Field(description="The user whose preferences apply (given to POST /notify), or null.")
     deliveries: list[DeliveryOut]
 
     @classmethod
@@ -253,6 +273,7 @@ class NotificationOut(BaseModel):
             send_at=view.send_at,
             priority=view.priority,
             expires_at=view.expires_at,
+            user_id=view.user_id,
             deliveries=[DeliveryOut.of(d) for d in view.deliveries],
         )
 

@@ -98,7 +98,8 @@ class JobOut(BaseModel):
     )
     result: Any = Field(description="What the task returned; only when `state` is `succeeded`, else null.")
     error: str | None = Field(
-        description="Why the last attempt failed, or why the job ended (cancelled, expired); null once succeeded."
+        description="Why the last attempt failed, or why the job ended (skipped, cancelled, expired); "
+        "null once succeeded."
     )
     created_at: datetime
     started_at: datetime | None = Field(description="When the first attempt started.")
@@ -151,7 +152,9 @@ class ComposedOut(BaseModel):
     result: Any = Field(
         description="Only when `succeeded`: a chain's last step's result, a group's results in order; else null."
     )
-    error: str | None = Field(description="The error of the job that made it fail (or end cancelled/expired).")
+    error: str | None = Field(
+        description="The error of the job that made it fail (or end skipped, cancelled or expired)."
+    )
     jobs: list[MemberOut] = Field(description="Its jobs in order (a chain's steps, a group's members).")
 
     @classmethod

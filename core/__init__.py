@@ -3,7 +3,7 @@
 It imports nothing from ``api`` or ``tasks``; any FastAPI (or plain asyncio) app can use it. The
 public API is re-exported here::
 
-    from core import TaskSet, TaskContext, chain, group, RetryableError, PermanentError
+    from core import TaskSet, TaskContext, chain, group, RetryableError, PermanentError, SkipJob
 """
 
 from core.context import TaskContext
@@ -13,6 +13,7 @@ from core.errors import (
     NotCancellableError,
     PermanentError,
     RetryableError,
+    SkipJob,
     TaskModuleNotStartedError,
     UnknownJobError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Priority",
     "RetryPolicy",
     "RetryableError",
+    "SkipJob",
     "Task",
     "TaskContext",
     "TaskModuleNotStartedError",

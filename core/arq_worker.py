@@ -203,8 +203,12 @@ async def _record_outcome(
         tracked.listed = False
         # arq puts it out of its own reach; the promoter puts it back, banded, when it is due.
         raise Retry(defer=timedelta(milliseconds=FAR_FUTURE_MS))
-    logger.warning("job %s failed: %s", job_id, outcome.error, extra=log_extra)
-    record.move_to(JobState.FAILED, error=outcome.error)
+    if outcome.verdict is Verdict.SKIPPED:  # a chain stops here: its next steps never start
+        logger.info("job %s skipped: %s", job_id, outcome.error, extra=log_extra)
+        record.move_to(JobState.SKIPPED, error=outcome.error)
+    else:
+        logger.warning("job %s failed: %s", job_id, outcome.error, extra=log_extra)
+        record.move_to(JobState.FAILED, error=outcome.error)
     await store.save(record, tracked.ending(record))
     tracked.listed = False
     return None

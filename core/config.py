@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     IDEMPOTENCY_TTL_S: PositiveSeconds = 24 * 3600.0
     INBOX_MAX_PER_USER: int = Field(default=200, ge=1, le=10_000)
     INBOX_HEARTBEAT_S: PositiveSeconds = 15.0
+    PREFERENCES_MAX_USERS: int = Field(default=100_000, ge=1, le=100_000_000)  # in-process mode only
 
     MAX_BODY_BYTES: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     MAX_RECIPIENTS: int = Field(default=50, ge=1, le=10_000)

@@ -10,10 +10,11 @@
     │   └── NotRetryableError    a re-run was asked of a job that is not failed
     ├── TaskError              raised by a task attempt; decides what happens next
     │   ├── RetryableError       try again after back-off (or after ``retry_after_s``)
-    │   └── PermanentError       give up now; retrying cannot help
+    │   ├── PermanentError       give up now; retrying cannot help
+    │   └── SkipJob              the work is not to be done (an opt-out, say): the job ends skipped
     ├── UnknownJobError        no job, chain or group is kept under this id (also a LookupError)
     ├── NotCancellableError    the job has started or finished; the message says which
-    ├── JobUnsuccessfulError   ``result()`` of a job that failed, was cancelled or expired
+    ├── JobUnsuccessfulError   ``result()`` of a job that failed, was skipped, cancelled or expired
     ├── JobNotFinishedError    ``result(timeout=...)`` ran out of time (also a TimeoutError)
     └── TaskModuleNotStartedError  ``.enqueue()`` before the TaskSet was bound to a running backend
 
@@ -87,6 +88,11 @@ class RetryableError(TaskError):
 
 class PermanentError(TaskError):
     """A failure no retry can fix (refused address, 4xx answer, 5xx SMTP reply)."""
+
+
+class SkipJob(TaskError):
+    """Not a failure: the task decided its work is not to be done. The job ends ``skipped`` with this reason,
+    at once and for good (never retried, a chain stops there), like Celery's Ignore but recorded."""
 
 
 class JobNotFinishedError(HeraldError, TimeoutError):

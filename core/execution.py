@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from core.errors import PermanentError, RetryableError, TaskError
+from core.errors import PermanentError, RetryableError, SkipJob, TaskError
 from core.logging import begin_attempt_log
 from core.observe import AttemptReport, Phase, report
 from core.registry import TaskDef
@@ -29,6 +29,7 @@ class Verdict(StrEnum):
     SUCCEEDED = "succeeded"
     RETRY = "retry"
     FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ _PHASE_OF_VERDICT: dict[Verdict, Phase] = {
     Verdict.SUCCEEDED: "succeeded",
     Verdict.RETRY: "retry",
     Verdict.FAILED: "failed",
+    Verdict.SKIPPED: "skipped",
 }
 
 
@@ -87,6 +89,8 @@ async def _attempt(
     try:
         async with deadline:
             result = await task.function(ctx, *args, **kwargs)
+    except SkipJob as exc:
+        return Outcome(Verdict.SKIPPED, error=exc.reason)
     except TaskError as exc:
         error: TaskError = exc
     except Exception as exc:

@@ -301,6 +301,9 @@ class InlineBackend:
             await self.store.save(record)
             loop = asyncio.get_running_loop()
             self._timers[record.id] = loop.call_later(outcome.retry_in_s, self._requeue, job)
+        elif outcome.verdict is Verdict.SKIPPED:  # a chain stops here: its next steps never start
+            logger.info("job %s skipped: %s", record.id, outcome.error, extra=log_extra)
+            await self._finish(job, JobState.SKIPPED, outcome.error)
         else:
             logger.warning("job %s failed: %s", record.id, outcome.error, extra=log_extra)
             await self._finish(job, JobState.FAILED, outcome.error)

@@ -18,6 +18,7 @@ class JobState(StrEnum):
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    SKIPPED = "skipped"  # the task chose not to do its work (SkipJob); not a failure, never retried
     CANCELLED = "cancelled"
     EXPIRED = "expired"
 
@@ -26,7 +27,7 @@ class JobState(StrEnum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED, JobState.EXPIRED})
 CANCELLABLE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RETRYING})  # not started (or between tries)
 CANCELLED_NOTE = "cancelled before it started"
 EXPIRED_NOTE = "not started before its expires_at"

@@ -5,7 +5,7 @@ prometheus_client's global one, so two apps in one process (tests) cannot collid
 a job's label value is ``label_of(task name)`` (Herald maps tasks to channels), never an id or address.
 
 =====================================  =========  =====================================================
-herald_deliveries_total                counter    <label>, outcome = delivered | failed (final outcomes)
+herald_deliveries_total                counter    <label>, outcome = delivered | failed | skipped (final)
 herald_delivery_retries_total          counter    <label>: attempts that failed and will run again
 herald_delivery_duration_seconds       histogram  <label>: each attempt, whatever its verdict
 herald_jobs_in_flight                  gauge      attempts running in this process now
@@ -44,8 +44,8 @@ logger = logging.getLogger("herald.metrics")
 
 # From a fast webhook to an SMTP server near its 30 s timeout.
 DURATION_BUCKETS_S: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-OUTCOMES: Final = ("delivered", "failed")
-_OUTCOME_OF_PHASE: Final = {"succeeded": "delivered", "failed": "failed"}
+OUTCOMES: Final = ("delivered", "failed", "skipped")
+_OUTCOME_OF_PHASE: Final = {"succeeded": "delivered", "failed": "failed", "skipped": "skipped"}
 
 
 class JobMetrics:

@@ -15,7 +15,7 @@ logger = logging.getLogger("herald.jobs")
 
 OBSERVERS_CTX_KEY = "herald_observers"
 
-Phase = Literal["started", "succeeded", "retry", "failed", "cancelled"]
+Phase = Literal["started", "succeeded", "retry", "failed", "skipped", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,9 @@ class ComposedStatus:
 
     @property
     def error(self) -> str | None:
-        """Why it did not succeed: the first failed job's error, else the first cancelled/expired one's note."""
+        """Why it did not succeed: the first failed job's error, else the first skipped/cancelled/expired one's note."""
+        if self.state is JobState.SUCCEEDED:
+            return None  # a group whose other jobs were skipped still succeeded
         ended = [
             r for _, _, r in self.jobs if r is not None and r.state.is_terminal and r.state is not JobState.SUCCEEDED
         ]
@@ -255,7 +257,7 @@ class JobHandle:
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - the API users expect
         """Wait for the job to finish and return its result.
 
-        Raises JobUnsuccessfulError if it failed, was cancelled or expired; JobNotFinishedError
+        Raises JobUnsuccessfulError if it failed, was skipped, cancelled or expired; JobNotFinishedError
         (a TimeoutError) if ``timeout`` seconds pass first.
         """
         record = await _wait(self.status, lambda r: r.state.is_terminal, timeout, self.id)
@@ -323,11 +325,14 @@ def _chain_state(jobs: list[tuple[str, str, JobRecord | None]]) -> JobState:
 
 
 def _group_state(jobs: list[tuple[str, str, JobRecord | None]]) -> JobState:
+    """Succeeded when each job succeeded or was skipped (a skip is a decision, not a failure); skipped if all were."""
     states = [record.state if record is not None else JobState.QUEUED for _, _, record in jobs]
-    if all(state is JobState.SUCCEEDED for state in states):
+    if states and all(state is JobState.SKIPPED for state in states):
+        return JobState.SKIPPED
+    if all(state in (JobState.SUCCEEDED, JobState.SKIPPED) for state in states):
         return JobState.SUCCEEDED
     if all(state.is_terminal for state in states):
-        unsuccessful = {state for state in states if state is not JobState.SUCCEEDED}
+        unsuccessful = {state for state in states if state not in (JobState.SUCCEEDED, JobState.SKIPPED)}
         if JobState.FAILED in unsuccessful:
             return JobState.FAILED
         return JobState.EXPIRED if unsuccessful == {JobState.EXPIRED} else JobState.CANCELLED

@@ -34,3 +34,8 @@ class DeliveryPayload(TypedDict):
     context: dict[str, Any]
     metadata: dict[str, Any]
     url: NotRequired[str | None]  # inapp: the message's link
+    # Set when the notification names its user (an inapp recipient always does): checked against their
+    # preferences before sending. ``category`` and ``critical`` come from the template's template.toml.
+    user_id: NotRequired[str]
+    category: NotRequired[str | None]
+    critical: NotRequired[bool]

@@ -23,6 +23,7 @@ from core.store import JobStore
 from tasks.messages import Channel, DeliveryPayload
 from tasks.registry import TASK_FOR_CHANNEL
 from tasks.rendering import RenderedMessage
+from tasks.template_info import TemplateInfo
 
 
 class DeliveryStatus(StrEnum):
@@ -32,6 +33,7 @@ class DeliveryStatus(StrEnum):
     RETRYING = "retrying"
     DELIVERED = "delivered"
     FAILED = "failed"
+    SKIPPED = "skipped"  # the user opted out of it (last_error says how); never sent, not a failure
     CANCELLED = "cancelled"
     EXPIRED = "expired"
 
@@ -43,13 +45,22 @@ _STATUS_OF_JOB = {
     JobState.RETRYING: DeliveryStatus.RETRYING,
     JobState.SUCCEEDED: DeliveryStatus.DELIVERED,
     JobState.FAILED: DeliveryStatus.FAILED,
+    JobState.SKIPPED: DeliveryStatus.SKIPPED,
     JobState.CANCELLED: DeliveryStatus.CANCELLED,
     JobState.EXPIRED: DeliveryStatus.EXPIRED,
 }
 
 
 NotificationStatus = Literal[
-    "queued", "scheduled", "in_progress", "delivered", "failed", "partially_delivered", "cancelled", "expired"
+    "queued",
+    "scheduled",
+    "in_progress",
+    "delivered",
+    "failed",
+    "partially_delivered",
+    "skipped",
+    "cancelled",
+    "expired",
 ]
 
 
@@ -90,6 +101,7 @@ class NotificationRecord:
     send_at: datetime | None = None
     priority: Priority = Priority.NORMAL
     expires_at: datetime | None = None
+    user_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +115,7 @@ class NotificationRecord:
             "send_at": self.send_at.isoformat() if self.send_at else None,
             "priority": self.priority.value,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "user_id": self.user_id,
         }
 
     @classmethod
@@ -118,6 +131,7 @@ class NotificationRecord:
             send_at=datetime.fromisoformat(data["send_at"]) if data.get("send_at") else None,
             priority=Priority(data.get("priority", Priority.NORMAL)),
             expires_at=datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None,
+            user_id=data.get("user_id"),
         )
 
 
@@ -162,6 +176,7 @@ class NotificationView:
     send_at: datetime | None = None
     priority: Priority = Priority.NORMAL
     expires_at: datetime | None = None
+    user_id: str | None = None
     deliveries: list[DeliveryView] = field(default_factory=list)
 
 
@@ -207,11 +222,15 @@ class NotificationService:
         expires_at: datetime | None = None,
         idempotency: tuple[str, str] | None = None,
         after_response: AfterResponse | None = None,
+        user_id: str | None = None,
+        template_info: TemplateInfo | None = None,
     ) -> tuple[NotificationView, bool]:
         """Accept a notification and queue one delivery per recipient, all in one atomic write.
 
         ``idempotency`` is ``(key, request fingerprint)``. Returns the view and whether it is a
-        replay of an earlier request with the same key. An SMS recipient is sent ``message.sms`` and an
+        replay of an earlier request with the same key. Each delivery for ``user_id`` (an inapp one: for the user
+        it names) checks that user's preferences before it is sent, with ``template_info``'s category and
+        critical mark. An SMS recipient is sent ``message.sms`` and an
         inapp recipient ``message.inapp``, which must then be given (ValueError otherwise). Raises
         IdempotencyConflictError or an EnqueueError; in all these cases nothing was written.
         """
@@ -234,12 +253,14 @@ class NotificationService:
             send_at=send_at,
             priority=priority,
             expires_at=expires_at,
+            user_id=user_id,
         )
+        info = template_info or TemplateInfo()
         specs = [
             JobSpec(
                 task=TASK_FOR_CHANNEL[ref.channel],
                 job_id=ref.id,
-                args=(_payload(record, ref, message, context),),
+                args=(_payload(record, ref, message, context, info),),
                 defer_until=send_at,
                 priority=priority,
                 expires_at=expires_at,
@@ -358,7 +379,11 @@ class NotificationService:
 
 
 def _payload(
-    record: NotificationRecord, ref: DeliveryRef, message: RenderedMessage, context: dict[str, Any]
+    record: NotificationRecord,
+    ref: DeliveryRef,
+    message: RenderedMessage,
+    context: dict[str, Any],
+    info: TemplateInfo,
 ) -> DeliveryPayload:
     subject, text, html = message.subject, message.text, message.html
     if ref.channel is Channel.SMS:
@@ -382,6 +407,9 @@ def _payload(
     )
     if inapp is not None:
         payload["url"] = inapp.url
+    user_id = ref.address if ref.channel is Channel.INAPP else record.user_id  # an inbox's owner decides for it
+    if user_id is not None:
+        payload["user_id"], payload["category"], payload["critical"] = user_id, info.category, info.critical
     return payload
 
 
@@ -398,6 +426,7 @@ def _view(record: NotificationRecord, jobs: dict[str, JobRecord]) -> Notificatio
         send_at=record.send_at,
         priority=record.priority,
         expires_at=record.expires_at,
+        user_id=record.user_id,
         deliveries=deliveries,
     )
 
@@ -438,6 +467,9 @@ def overall_status(statuses: list[DeliveryStatus]) -> NotificationStatus:
         return "scheduled"
     if unique & {DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED, DeliveryStatus.SENDING, DeliveryStatus.RETRYING}:
         return "in_progress"
+    if unique == {DeliveryStatus.SKIPPED}:
+        return "skipped"
+    unique.discard(DeliveryStatus.SKIPPED)  # an opted-out delivery counts neither for nor against the rest
     if unique == {DeliveryStatus.DELIVERED}:
         return "delivered"
     if unique == {DeliveryStatus.CANCELLED}:

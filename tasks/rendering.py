@@ -33,6 +33,8 @@ from typing import Any
 
 import jinja2
 
+from tasks.template_info import TemplateInfo, read_template_info
+
 TEMPLATE_ROOT = Path(__file__).parent / "templates"
 MAX_SUBJECT_LENGTH = 255
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -87,12 +89,23 @@ class TemplateLibrary:
             auto_reload=False,
         )
         self._compiled: dict[str, _Parts] = {}
+        self._info: dict[str, TemplateInfo] = {}
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self._root.iterdir() if (p / "subject.txt").is_file())
 
     def exists(self, name: str) -> bool:
         return bool(_NAME.match(name)) and (self._root / name / "subject.txt").is_file()
+
+    def info(self, name: str) -> TemplateInfo:
+        """Its template.toml (category, critical), read once; ``name`` must exist. Raises TemplateInfoError."""
+        found = self._info.get(name)
+        if found is None:
+            found = self._info[name] = read_template_info(self._root / name)
+        return found
+
+    def categories(self) -> set[str]:
+        return {category for name in self.names() if (category := self.info(name).category) is not None}
 
     def render(self, name: str, context: dict[str, Any], *, sms: bool = False, inapp: bool = False) -> RenderedMessage:
         """Render the parts of template ``name``, its ``sms.txt`` (stripped) if ``sms``, its inbox message if ``inapp``.

@@ -14,6 +14,7 @@ from tasks.channels.netguard import GuardedTransport
 from tasks.channels.sms import build_sms_sender
 from tasks.channels.webhook_client import WebhookClient
 from tasks.inbox import InboxStore
+from tasks.preferences import PreferenceStore
 
 WEBHOOK_CONNECTIONS = 100
 
@@ -54,13 +55,14 @@ def build_webhook_sender(settings: Settings) -> WebhookClient:
 
 @asynccontextmanager
 async def delivery_resources(
-    settings: Settings, *, inbox: InboxStore | None = None
+    settings: Settings, *, inbox: InboxStore | None = None, preferences: PreferenceStore | None = None
 ) -> AsyncIterator[dict[str, object]]:
     """The shared part of every DeliveryContext (the runner adds ``job_id`` and ``job_try``).
 
     ``inbox``: the store ``send_inapp`` writes to, owned (and closed) by the caller: in-process the web app's
     own, so its streams see the message; an arq worker adds its RedisInbox at start-up instead (it needs the
-    worker's Redis connection, which does not exist yet here).
+    worker's Redis connection, which does not exist yet here). ``preferences`` likewise: the store the API
+    writes users' opt-outs to, which every delivery checks.
     """
     secret = settings.WEBHOOK_SECRET
     async with AsyncExitStack() as opened:  # closed in reverse order, each even if an earlier one fails
@@ -79,4 +81,5 @@ async def delivery_resources(
             "webhook_signer": Webhook(secret.get_secret_value()) if secret else None,
             "sms": sms,
             **({"inbox": inbox} if inbox is not None else {}),
+            **({"preferences": preferences} if preferences is not None else {}),
         }

@@ -40,6 +40,7 @@ from core.taskset import TaskSet, opened_resources, task_set_cron
 from tasks.cron import arq_cron
 from tasks.inbox import RedisInbox
 from tasks.metrics import delivery_metrics
+from tasks.preferences import RedisPreferences
 from tasks.registry import build_registry
 from tasks.resources import delivery_resources
 
@@ -70,7 +71,7 @@ def build_worker_options(
         task_sets = load_task_sets(settings.TASK_MODULES)
     registry = build_registry(settings, task_sets)
     start, stop = _cron_hooks(settings, task_sets) if settings.CRON_ENABLED else (None, None)
-    start, stop = _inbox(settings, then=(start, stop))
+    start, stop = _user_stores(settings, then=(start, stop))
     if bind_task_sets and task_sets:
         start, stop = _binding(settings, registry, task_sets, then=(start, stop))
     if metrics_server is not None:
@@ -115,8 +116,11 @@ def _serving_metrics(server: MetricsServer, *, then: WorkerHook | None) -> Worke
     return start
 
 
-def _inbox(settings: Settings, *, then: tuple[WorkerHook | None, WorkerHook | None]) -> tuple[WorkerHook, WorkerHook]:
-    """Open ``ctx["inbox"]`` (send_inapp's store, on the worker's Redis) before ``then[0]``; close it after ``then[1]``.
+def _user_stores(
+    settings: Settings, *, then: tuple[WorkerHook | None, WorkerHook | None]
+) -> tuple[WorkerHook, WorkerHook]:
+    """Open ``ctx["inbox"]`` (send_inapp's store) and ``ctx["preferences"]`` (every delivery's opt-out check), on
+    the worker's Redis, before ``then[0]``; close them after ``then[1]``.
 
     Here rather than in delivery_resources: it needs the worker's Redis connection, made by arq before start-up.
     """
@@ -124,6 +128,7 @@ def _inbox(settings: Settings, *, then: tuple[WorkerHook | None, WorkerHook | No
 
     async def start(ctx: dict[str, Any]) -> None:
         ctx["inbox"] = RedisInbox(ctx["redis"], max_per_user=settings.INBOX_MAX_PER_USER, ttl_s=settings.RECORD_TTL_S)
+        ctx["preferences"] = RedisPreferences(ctx["redis"])
         if then_start is not None:
             await then_start(ctx)
 

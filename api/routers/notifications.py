@@ -104,6 +104,8 @@ async def notify(
         expires_at=expires_at,
         idempotency=(idempotency_key, _fingerprint(body)) if idempotency_key else None,
         after_response=background,
+        user_id=body.user_id,
+        template_info=templates.info(body.template) if body.template is not None else None,
     )
     response.headers["Location"] = f"/notifications/{view.id}"
     if replayed:

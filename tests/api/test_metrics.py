@@ -20,7 +20,7 @@ from tests.support.waiting import eventually
 # Every label a scrape may carry, and every value: bounded, never an id or an address.
 LABEL_VALUES = {
     "channel": {"email", "webhook", "sms", "inapp"},
-    "outcome": {"delivered", "failed"},
+    "outcome": {"delivered", "failed", "skipped"},
     "state": {"due", "scheduled"},
 }
 

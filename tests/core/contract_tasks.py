@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.context import TaskContext
-from core.errors import PermanentError, RetryableError
+from core.errors import PermanentError, RetryableError, SkipJob
 from core.taskset import TaskSet
 
 PACED_BACKOFF_S = 0.2  # paced's first wait between tries: long beside a worker's poll delay (0.02 s)
@@ -115,6 +115,13 @@ async def refuse(ctx: TaskContext, value: Any, reason: str) -> None:
     """Fail permanently (retries are available and must not be used)."""
     journal.start(ctx, f"refuse({value})")
     raise PermanentError(reason)
+
+
+@contract.task(retries=3, backoff=0.01)
+async def decline(ctx: TaskContext, value: Any, reason: str) -> None:
+    """Decide the work is not to be done (retries are available and must not be used)."""
+    journal.start(ctx, f"decline({value})")
+    raise SkipJob(reason)
 
 
 @contract.task(retries=3, backoff=0.01)

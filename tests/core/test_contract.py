@@ -37,6 +37,7 @@ from tests.core.contract_tasks import (
     chore,
     contract,
     crash,
+    decline,
     flaky,
     journal,
     paced,
@@ -164,6 +165,18 @@ async def test_a_permanent_error_fails_the_job_after_one_attempt(herald: Herald)
         record = await finished(await refuse.enqueue("x", "the address does not exist"))
     assert (record.state, record.attempts, record.last_error) == (JobState.FAILED, 1, "the address does not exist")
     assert journal.labels == ["refuse(x)"]
+
+
+async def test_a_skipped_job_ends_skipped_after_one_attempt_with_its_reason(herald: Herald) -> None:
+    async with herald():
+        handle = await decline.enqueue("x", "the user opted out")
+        record = await finished(handle)
+        with pytest.raises(JobUnsuccessfulError) as raised:
+            await handle.result(timeout=1)
+    assert (record.state, record.attempts, record.last_error) == (JobState.SKIPPED, 1, "the user opted out")
+    assert record.finished_at is not None
+    assert (raised.value.state, raised.value.error) == ("skipped", "the user opted out")
+    assert journal.labels == ["decline(x)"]
 
 
 async def test_any_other_exception_fails_the_job_at_once_as_an_internal_error(herald: Herald) -> None:
@@ -427,6 +440,18 @@ async def test_a_failing_step_stops_the_chain(herald: Herald) -> None:
     assert journal.labels == ["add(1,2)", "refuse(3)"]
 
 
+async def test_a_skipped_step_stops_the_chain(herald: Herald) -> None:
+    async with herald():
+        handle = await chain(add.s(1, 2), decline.s("not wanted"), add.s(100))
+        with pytest.raises(JobUnsuccessfulError) as raised:
+            await handle.result(timeout=5)
+        status = await handle.status()
+    assert (raised.value.state, status.state, status.error) == ("skipped", JobState.SKIPPED, "not wanted")
+    [_, _, (_, _, never)] = status.jobs
+    assert never is None, "the step after the skip was never queued"
+    assert journal.labels == ["add(1,2)", "decline(3)"]
+
+
 async def test_a_chain_cancelled_while_a_step_runs_stops_after_that_step(herald: Herald) -> None:
     async with herald():
         handle = await chain(step.s("slow", hold="slow"), step.s(), step.s())
@@ -474,6 +499,18 @@ async def test_one_failure_fails_the_group(herald: Herald) -> None:
         JobState.FAILED,
         JobState.SUCCEEDED,
     ]
+
+
+async def test_a_group_with_skipped_jobs_succeeds_and_one_of_only_skipped_jobs_is_skipped(herald: Herald) -> None:
+    async with herald():
+        mixed = await group([add.s(1, 1), decline.s(0, "opted out")])
+        skipped = await group([decline.s(1, "opted out"), decline.s(2, "opted out too")])
+        assert await mixed.result(timeout=5) == [2, None]
+        with pytest.raises(JobUnsuccessfulError) as raised:
+            await skipped.result(timeout=5)
+        mixed_status = await mixed.status()
+    assert (mixed_status.state, mixed_status.error) == (JobState.SUCCEEDED, None)
+    assert (raised.value.state, raised.value.error) == ("skipped", "opted out")
 
 
 # --- arguments ------------------------------------------------------------------------------------------
