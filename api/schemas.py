@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo
 
 from api.inbox_deps import USER_ID_RULE, is_user_id
 from core.jobs import Priority
+from tasks.channels.email import subject_problem
 from tasks.channels.sms import validate_e164
 from tasks.notifications import DeliveryItem, DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
 
@@ -58,6 +59,8 @@ class Recipient(BaseModel):
 def _email_address(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("an email address may not contain control characters (CR, LF, ...)")
+    if "=?" in value:  # the email package decodes them in the To header: '=?us-ascii?q?eve=40evil?=@x' is eve@evil
+        raise ValueError("an email address may not contain RFC 2047 encoded words ('=?charset?q?...?=')")
     return normalized_email(value)
 
 
@@ -171,6 +174,9 @@ class NotifyRequest(BaseModel):
     def _one_line(cls, value: str | None) -> str | None:
         if value is not None and _CONTROL.search(value):
             raise ValueError("the subject must be one line without control characters (CR, LF, ...)")
+        problem = subject_problem(value) if value is not None else None
+        if problem is not None:  # e.g. a CR/LF hidden in an RFC 2047 encoded word, which the email package decodes
+            raise ValueError(f"the subject {problem}")
         return value
 
     @model_validator(mode="after")

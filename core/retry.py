@@ -35,8 +35,11 @@ class RetryPolicy:
 
     def nominal_delay_s(self, attempt: int) -> float:
         """Delay after failed attempt ``attempt`` (1-based), before jitter."""
-        exponent = min(attempt - 1, 64)  # 2**64 * base is past any cap; avoids float overflow
-        return float(min(self.max_delay_s, self.base_delay_s * self.factor**exponent))
+        try:
+            grown = self.base_delay_s * self.factor ** (attempt - 1)
+        except OverflowError:  # the power is past any float, so past any cap too
+            grown = math.inf if self.base_delay_s > 0 else 0.0
+        return float(min(self.max_delay_s, grown))
 
     def delay_s(self, attempt: int, *, retry_after_s: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` before the next one."""

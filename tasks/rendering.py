@@ -33,6 +33,7 @@ from typing import Any
 
 import jinja2
 
+from tasks.channels.email import subject_problem
 from tasks.template_info import TemplateInfo, read_template_info
 
 TEMPLATE_ROOT = Path(__file__).parent / "templates"
@@ -41,6 +42,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+# inapp.txt is parsed by its lines after rendering: a line break a context value brings is rendered as this
+# (a private-use character) so that it cannot end the title or add a 'url:' line; in the body it is a line break.
+_VALUE_NEWLINE = "\ue000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class TemplateLibrary:
             keep_trailing_newline=False,
             auto_reload=False,
         )
+        self._inapp_env = self._env.overlay(finalize=_mark_value_newlines, cache_size=0)
         self._compiled: dict[str, _Parts] = {}
         self._info: dict[str, TemplateInfo] = {}
 
@@ -118,8 +123,9 @@ class TemplateLibrary:
             raise TemplateProblem(
                 f"the rendered subject is {len(subject)} characters; at most {MAX_SUBJECT_LENGTH}", field="context"
             )
-        if len(subject.splitlines()) > 1:  # not only CR/LF: the email header refuses \x85, \u2028, ... too
-            raise TemplateProblem("the rendered subject must be a single line", field="context")
+        problem = subject_problem(subject)  # not only CR/LF: \x85, \u2028, or one in an RFC 2047 encoded word
+        if problem is not None:
+            raise TemplateProblem(f"the rendered subject {problem}", field="context")
         text = self._render(name, "body.txt", parts.text, context)
         html = self._render(name, "body.html", parts.html, context) if parts.html is not None else None
         sms_text = None
@@ -155,14 +161,14 @@ class TemplateLibrary:
             text=self._compile(name, "body.txt"),
             html=self._compile(name, "body.html") if has_html else None,
             sms=self._compile(name, "sms.txt") if has_sms else None,
-            inapp=self._compile(name, "inapp.txt") if has_inapp else None,
+            inapp=self._compile(name, "inapp.txt", self._inapp_env) if has_inapp else None,
         )
         self._compiled[name] = parts
         return parts
 
-    def _compile(self, name: str, part: str) -> jinja2.Template:
+    def _compile(self, name: str, part: str, env: jinja2.Environment | None = None) -> jinja2.Template:
         try:
-            template = self._env.get_template(f"{name}/{part}")
+            template = (env or self._env).get_template(f"{name}/{part}")
         except jinja2.TemplateError as exc:  # a syntax error: not kept, so it is reported on every request
             raise TemplateProblem(f"template {name!r} could not render {part}: {exc}", field="context") from None
         # Jinja keeps a template's globals as a ChainMap over the environment's, so later changes to those
@@ -198,13 +204,19 @@ def parse_inapp(name: str, rendered: str) -> InAppMessage:
         rest = rest[1:]
     if rest and rest[0].strip():
         raise _inapp_problem(name, "the title (and url: line) must be followed by a blank line, then the body")
+    if _VALUE_NEWLINE in title or (url is not None and _VALUE_NEWLINE in url):
+        raise _inapp_problem(name, "a context value would put a line break in the title or the url: line")
     if not title or len(title.splitlines()) > 1 or _CONTROL.search(title):
         raise _inapp_problem(name, "the first line, the title, must be one line of text")
     if len(title) > MAX_SUBJECT_LENGTH:
         raise _inapp_problem(name, f"the title is {len(title)} characters; at most {MAX_SUBJECT_LENGTH}")
     if url is not None and not _HTTP_URL.match(url):
         raise _inapp_problem(name, f"the url: line must give an http:// or https:// URL, got {url[:100]!r}")
-    return InAppMessage(title=title, body="\n".join(rest).strip(), url=url)
+    return InAppMessage(title=title, body="\n".join(rest).replace(_VALUE_NEWLINE, "\n").strip(), url=url)
+
+
+def _mark_value_newlines(value: Any) -> Any:
+    return value.replace("\n", _VALUE_NEWLINE) if isinstance(value, str) else value
 
 
 def _inapp_problem(name: str, problem: str) -> TemplateProblem:

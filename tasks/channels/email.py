@@ -11,6 +11,7 @@ import contextlib
 import sys
 import time
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -25,21 +26,59 @@ CHANNEL = "email"
 
 
 def build_message(payload: DeliveryPayload, sender: Address) -> EmailMessage:
-    """A multipart (text + optional HTML) message whose Message-ID is fixed by the delivery id."""
+    """A multipart (text + optional HTML) message whose Message-ID is fixed by the delivery id.
+
+    Raises PermanentError when a header could not be written as given (a line break, a second address).
+    """
     message = EmailMessage(policy=SMTP)
     message["From"] = sender
     try:
         message["To"] = payload["address"]
         message["Subject"] = payload["subject"]
-    except ValueError as exc:  # a line break (any str.splitlines() knows) would split the header
+        message["Message-ID"] = f"<{payload['delivery_id']}@{sender.domain or 'herald.invalid'}>"
+        message["X-Herald-Notification-ID"] = payload["notification_id"]
+        addresses = [address.addr_spec for address in message["To"].addresses]
+    # a line break (any str.splitlines() knows) would split the header; CPython's address parser fails on
+    # some garbage ('<', 'a@', 'a@[') with these instead of recording a defect
+    except (ValueError, HeaderParseError, IndexError, AttributeError) as exc:
         raise PermanentError(f"cannot build the email headers: {exc}", channel=CHANNEL) from exc
-    message["Message-ID"] = f"<{payload['delivery_id']}@{sender.domain or 'herald.invalid'}>"
-    message["X-Herald-Notification-ID"] = payload["notification_id"]
+    # The email package decodes RFC 2047 encoded words in what it is given and writes the decoded text
+    # back out: '=?utf-8?q?=0D=0ABcc:...?=' would add a header, '=?us-ascii?q?eve=40evil.example?=@x' another To.
+    problem = subject_problem(payload["subject"])
+    if problem is not None:
+        raise PermanentError(f"cannot build the email headers: the subject {problem}", channel=CHANNEL)
+    if addresses != [payload["address"]]:
+        raise PermanentError(
+            f"cannot build the email headers: the To header would read {addresses!r}, "
+            f"not the one address {payload['address']!r}",
+            channel=CHANNEL,
+        )
     # quoted-printable keeps the body readable in the console and in raw mail sources
     message.set_content(payload["text"], cte="quoted-printable")
     if payload["html"] is not None:
         message.add_alternative(payload["html"], subtype="html", cte="quoted-printable")
     return message
+
+
+def subject_problem(subject: str) -> str | None:
+    """What keeps ``subject`` from being one email Subject line, or None; the text completes "the subject ...".
+
+    A line break, also one hidden in an RFC 2047 encoded word (``=?utf-8?q?=0D=0A?=``): the email package
+    decodes those in a header it is given and would write the line break out, starting a new header.
+    """
+    if _has_line_break(subject):
+        return "must be a single line"
+    try:
+        decoded = str(SMTP.header_factory("Subject", subject))
+    except ValueError:  # UnicodeEncodeError: a lone surrogate
+        return "must be valid Unicode text"
+    if _has_line_break(decoded):
+        return "must be a single line, also once its RFC 2047 encoded words ('=?charset?q?...?=') are decoded"
+    return None
+
+
+def _has_line_break(text: str) -> bool:
+    return "".join(text.splitlines()) != text  # also a single one at the end, which splitlines() hides
 
 
 class Mailer(Protocol):

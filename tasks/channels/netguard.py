@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import httpcore
@@ -20,12 +20,23 @@ import httpx
 from tasks.channels.sharded_pool import sharded
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 DEFAULT_MAX_CONNECTIONS = 100  # httpx's own, for Limits(max_connections=None)
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+# Named here, not left to ``ipaddress``: its answers differ between Python versions (3.11 calls 192.0.0.8 and
+# fec0::1 global and 255.255.255.255 merely "private"), and a refusal should say which range it hit.
+_SPECIAL_NETWORKS: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = (
+    (ipaddress.ip_network("100.64.0.0/10"), "CGNAT shared address space"),
+    (ipaddress.ip_network("192.0.0.0/24"), "reserved for IETF protocol assignments"),
+    (ipaddress.ip_network("192.88.99.0/24"), "the deprecated 6to4 relay anycast"),
+    (ipaddress.ip_network("fec0::/10"), "site-local"),
+    (ipaddress.ip_network("3fff::/20"), "reserved for documentation"),
+)
 
 
 class ForbiddenDestinationError(Exception):
@@ -48,6 +59,11 @@ def forbidden_reason(address: IPAddress) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and (inner := embedded_ipv4(address)) is not None:
         reason = forbidden_reason(inner)
         return f"{reason} (embedded in {address})" if reason else None
+    if address == _BROADCAST:
+        return f"{address} is broadcast"
+    for network, name in _SPECIAL_NETWORKS:
+        if address in network:
+            return f"{address} is {name}"
     checks = (
         (address.is_loopback, "loopback"),
         (address.is_unspecified, "unspecified"),
@@ -87,11 +103,23 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 
 
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Resolves, checks and connects to a checked address; refuses if any address is forbidden."""
+    """Resolves, checks and connects to a checked address; refuses if any address is forbidden.
 
-    def __init__(self, *, allow_private: bool, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+    ``inner`` dials the checked address (httpcore's anyio backend unless given) and ``resolver`` turns a host
+    into addresses (the system's ``getaddrinfo`` unless given): tests pass their own of both to drill the
+    guard without any traffic leaving the machine.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
         self._allow_private = allow_private
         self._inner = inner or httpcore.AnyIOBackend()
+        self._resolve = resolver
 
     async def connect_tcp(
         self,
@@ -103,7 +131,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             async with asyncio.timeout(timeout):
-                addresses = await resolve(host, port)
+                addresses = await self._resolve(host, port)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
         except OSError as exc:

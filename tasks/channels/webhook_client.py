@@ -8,6 +8,7 @@ paths quoted exactly as before; connections go through the same SSRF guard (task
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,14 @@ from tasks.channels.netguard import GuardedNetworkBackend
 from tasks.channels.sharded_pool import ShardedConnectionPool, sharded
 
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+class DeadlineExceeded(httpcore.TimeoutException):
+    """The whole exchange, from waiting for a connection to the last byte read, took longer than ``timeout_s``.
+
+    httpcore's own timeouts bound each socket operation, not their sum: a receiver dripping a byte of its
+    headers or body just inside the read timeout would hold the request for as long as it liked.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +49,29 @@ class Reply:
 class WebhookClient(AsyncClosing):
     """POSTs a body and reads at most part of the answer; never follows redirects.
 
-    Raises ``httpx.InvalidURL`` for a URL that cannot be sent to, the guard's
-    ``ForbiddenDestinationError``, and httpcore's own errors (``httpcore.TimeoutException`` and the rest).
+    Each request, all of it, takes at most ``timeout_s`` (``DeadlineExceeded`` after that). Raises
+    ``httpx.InvalidURL`` for a URL that cannot be sent to, the guard's ``ForbiddenDestinationError``, and
+    httpcore's own errors (``httpcore.TimeoutException`` and the rest).
+
+    ``guard`` replaces the ``GuardedNetworkBackend(allow_private=allow_private)`` built by default (tests
+    give one with their own resolver and dialler).
     """
 
-    def __init__(self, *, allow_private: bool, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        timeout_s: float,
+        max_connections: int,
+        guard: GuardedNetworkBackend | None = None,
+    ) -> None:
         self._pool = sharded(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             ssl_context=httpx.create_ssl_context(trust_env=False),
-            network_backend=GuardedNetworkBackend(allow_private=allow_private),
+            network_backend=guard or GuardedNetworkBackend(allow_private=allow_private),
         )
+        self._timeout_s = timeout_s
         self._timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
 
     @property
@@ -71,6 +92,15 @@ class WebhookClient(AsyncClosing):
             content=body,
             extensions={"timeout": self._timeouts},
         )
+        try:
+            async with asyncio.timeout(self._timeout_s) as deadline:
+                return await self._exchange(request, read_at_most)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            raise DeadlineExceeded(f"no complete answer within {self._timeout_s:g}s") from exc
+
+    async def _exchange(self, request: httpcore.Request, read_at_most: Callable[[int], int]) -> Reply:
         response = await self._pool.handle_async_request(request)
         try:
             limit = read_at_most(response.status)

@@ -35,10 +35,17 @@ SettingsFactory = Callable[..., Settings]
         ("172.16.0.1", "private"),
         ("192.168.1.1", "private"),
         ("169.254.169.254", "link-local"),
-        ("100.64.0.1", "not globally routable"),  # CGNAT
+        ("100.64.0.1", "CGNAT shared address space"),
+        ("100.127.255.254", "CGNAT shared address space"),
         ("224.0.0.1", "multicast"),
         ("0.0.0.0", "unspecified"),
-        ("255.255.255.255", ""),
+        ("255.255.255.255", "broadcast"),
+        ("240.0.0.1", ""),  # 240/4: "reserved" or "private" depending on the Python version
+        # ranges Python 3.11's ipaddress calls global: named explicitly so every version refuses them
+        ("192.0.0.8", "reserved for IETF protocol assignments"),
+        ("192.88.99.1", "deprecated 6to4 relay anycast"),
+        ("fec0::1", "site-local"),
+        ("3fff::1", "reserved for documentation"),
         ("::1", "loopback"),
         ("fe80::1", "link-local"),
         ("fc00::1", "private"),
@@ -47,6 +54,10 @@ SettingsFactory = Callable[..., Settings]
         ("64:ff9b::7f00:1", "loopback (embedded in"),  # NAT64 of 127.0.0.1
         ("64:ff9b:1::a00:1", "private (embedded in"),  # local-use NAT64 of 10.0.0.1
         ("2002:7f00:1::", "loopback (embedded in"),  # 6to4 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "link-local (cloud metadata lives here) (embedded in"),  # NAT64 of metadata
+        ("2002:a9fe:a9fe::", "link-local (cloud metadata lives here) (embedded in"),  # 6to4 of metadata
+        ("::ffff:0:7f00:1", ""),  # IPv4-translated (SIIT) form of 127.0.0.1
+        ("::7f00:1", ""),  # deprecated IPv4-compatible form of 127.0.0.1
         ("2001:db8::1", ""),  # documentation
     ],
 )

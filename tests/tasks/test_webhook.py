@@ -208,7 +208,7 @@ def test_parse_retry_after_http_date() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [None, "", "soon", "-5", "1.5", "Wed, 31 Feb 2024 07:28:00 GMT", "Wed, 21 Oct 99999999999 07:28:00 GMT"],
+    [None, "", "soon", "-5", "1.5", "Wed, 31 Feb 2024 07:28:00 GMT", "Wed, 21 Oct 99999999999 07:28:00 GMT", "²", "١٢"],
 )
 def test_parse_retry_after_garbage_is_none(value: str | None) -> None:
     assert parse_retry_after(value) is None
