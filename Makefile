@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run run-example worker test lint browser fmt clean bench
+.PHONY: run run-example worker test lint browser fmt clean bench drills audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,16 @@ browser:
 
 test: lint browser
 	$(BIN)/python -m pytest
+
+# Issue 6's drills at full size (docs/guarantees.md: 1,000 deliveries killed mid-batch, schemathesis at length, ...).
+# `make test` runs the same drills in a short form that CI can afford.
+drills: $(VENV)/.dev-deps
+	HERALD_DRILLS=full $(BIN)/python -m pytest -m drill -p no:cacheprovider
+
+# Known vulnerabilities in the pinned requirements (pip-audit). Needs an advisory service (PyPI's JSON API or
+# OSV) on the network; --strict fails when a package could not be checked, rather than passing it unchecked.
+audit: $(VENV)/.dev-deps
+	$(BIN)/pip-audit --strict --progress-spinner off -r requirements.txt
 
 # Issue 7's benchmarks (bench/run_all.py): docs/bench-results.md and docs/benchmarks.png, under ten minutes.
 # HTTP load comes from Debian's wrk, installed here when missing and we can (root + apt-get); without it the

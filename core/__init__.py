@@ -3,11 +3,12 @@
 It imports nothing from ``api`` or ``tasks``; any FastAPI (or plain asyncio) app can use it. The
 public API is re-exported here::
 
-    from core import TaskSet, TaskContext, chain, group, RetryableError, PermanentError, SkipJob
+    from core import TaskSet, TaskContext, chain, group, RetryableError, PermanentError, SkipJob, DeferJob
 """
 
 from core.context import TaskContext
 from core.errors import (
+    DeferJob,
     JobNotFinishedError,
     JobUnsuccessfulError,
     NotCancellableError,
@@ -24,6 +25,7 @@ from core.taskset import Task, TaskSet, chain, group
 
 __all__ = [
     "ComposedHandle",
+    "DeferJob",
     "JobHandle",
     "JobNotFinishedError",
     "JobRecord",

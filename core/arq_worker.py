@@ -6,6 +6,12 @@ state, last error) in Redis, turns a retryable failure into ``Retry(defer=back-o
 permanent one end the job, never runs a job whose record is already finished or cancelled, and
 gives back the attempt of a job cancelled by shutdown before arq re-queues it. arq's own
 ``max_tries`` is set out of reach: the task's RetryPolicy decides.
+
+A deferral (the task raised DeferJob) takes the retry path, ``scheduled`` instead of ``retrying``,
+and is given back twice: Herald's ``attempts`` goes back to what it was, and so does arq's own try
+counter (``arq:retry:<id>``, which arq increments on every run and compares with ``max_tries``), so
+no number of deferrals brings a job nearer to arq's limit. The arq job key's lifetime, set at enqueue
+from the retry schedule, is extended by the time the deferral costs, so it cannot run out either.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from arq.constants import default_queue_name
+from arq.constants import default_queue_name, job_key_prefix, retry_key_prefix
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -63,6 +69,16 @@ RUNNING_MARGIN_S = 10.0  # past the job timeout, time to record the outcome befo
 
 ResourcesFactory = Callable[[], AbstractAsyncContextManager[Mapping[str, Any]]]
 
+# A deferred run is no try of arq's: take back the increment arq made when it started the job (its counter
+# lives as long as the job runs, so it is there), and push the job key's expiry back by what the run cost.
+# KEYS: arq's retry counter, arq's job key. ARGV: ms to add to the job key's lifetime.
+_GIVE_BACK_TRY = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[1])) end
+return 1
+"""
+
 
 async def run_job(task: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """One arq job run = one attempt of ``task``, recorded in Herald's job record.
@@ -95,11 +111,19 @@ class _Tracked:
         return Membership(join={RUNNING_KEY: deadline_ms})
 
     def ending(self, record: JobRecord, *, deferred_until_ms: int | None = None) -> Membership:
-        """Leave herald:running (and the expiry sweep's set: a finished job is not swept)."""
+        """Leave herald:running (and the expiry sweep's set: a finished job is not swept).
+
+        A job waiting again (``deferred_until_ms``) joins herald:deferred, and the sweep's set again: a sweep
+        while it ran could not expire it (it was running) and dropped it from there.
+        """
         leave = (
             [RUNNING_KEY] if record.expires_at is None or not record.state.is_terminal else [RUNNING_KEY, EXPIRING_KEY]
         )
-        join = {DEFERRED_KEY: deferred_until_ms} if deferred_until_ms is not None else {}
+        join: dict[str, int] = {}
+        if deferred_until_ms is not None:
+            join[DEFERRED_KEY] = deferred_until_ms
+            if record.expires_at is not None:
+                join[EXPIRING_KEY] = int(record.expires_at.timestamp() * 1000)
         return Membership(join=join, leave=leave)
 
 
@@ -115,7 +139,7 @@ async def _attempt(
     if record.state.is_terminal:
         logger.info("job %s is already %s; not running it again", job_id, record.state.value)
         return None
-    was = record.state
+    was, started_before = record.state, record.started_at
     if record.is_expired():  # never start it late, even if the expiry sweep has not reached it
         record.move_to(JobState.EXPIRED, error=EXPIRED_NOTE)
         if await store.save_if(record, [was], Membership(leave=[EXPIRING_KEY])):
@@ -149,6 +173,9 @@ async def _attempt(
         "duration_s": round(elapsed_s, 3),
     }
     try:
+        if outcome.verdict is Verdict.DEFERRED and outcome.retry_in_s is not None:
+            record.started_at = started_before
+            return await _record_deferral(ctx, record, outcome, outcome.retry_in_s, elapsed_s, log_extra, tracked)
         return await _record_outcome(ctx, record, outcome, elapsed_s, log_extra, tracked)
     except BackendUnavailableError as exc:
         # It ran, but where it stands could not be written: run it again (at least once) rather than
@@ -212,6 +239,37 @@ async def _record_outcome(
     await store.save(record, tracked.ending(record))
     tracked.listed = False
     return None
+
+
+async def _record_deferral(
+    ctx: dict[str, Any],
+    record: JobRecord,
+    outcome: Outcome,
+    wait_s: float,
+    elapsed_s: float,
+    log_extra: dict[str, Any],
+    tracked: _Tracked,
+) -> Any:
+    """The task deferred itself (DeferJob): ``scheduled`` again after ``wait_s``, this run given back."""
+    store: RedisJobStore = ctx[STORE_CTX_KEY]
+    logger.debug("job %s deferred for %.2fs (not an attempt): %s", record.id, wait_s, outcome.error, extra=log_extra)
+    record.attempts -= 1
+    due = utcnow() + timedelta(seconds=wait_s)
+    record.move_to(JobState.SCHEDULED, error=outcome.error, next_attempt_at=due)
+    await store.save(record, tracked.ending(record, deferred_until_ms=int(due.timestamp() * 1000)))
+    tracked.listed = False
+    try:
+        await ctx["redis"].eval(
+            _GIVE_BACK_TRY,
+            2,
+            retry_key_prefix + record.id,
+            job_key_prefix + record.id,
+            int((wait_s + elapsed_s) * 1000) + 1,
+        )
+    except RedisError as exc:  # one try of arq's a million used up; the job itself is recorded and waits
+        logger.warning("job %s: could not give arq's try back (%s)", record.id, type(exc).__name__)
+    # The same way back as a retry: out of arq's reach, promoted from herald:deferred when due.
+    raise Retry(defer=timedelta(milliseconds=FAR_FUTURE_MS))
 
 
 async def _forget_expiry(ctx: Mapping[str, Any], record: JobRecord) -> None:

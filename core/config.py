@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     WEBHOOK_SECRET: SecretStr | None = None
     WEBHOOK_ALLOW_PRIVATE: bool = False
     WEBHOOK_TIMEOUT_S: PositiveSeconds = 10.0
+    WEBHOOK_MAX_PER_HOST: int = Field(default=10, ge=1, le=10_000)
 
     SMS_API_BASE_URL: str = "https://api.twilio.com"
     SMS_ACCOUNT_SID: str | None = None

@@ -11,7 +11,8 @@
     ├── TaskError              raised by a task attempt; decides what happens next
     │   ├── RetryableError       try again after back-off (or after ``retry_after_s``)
     │   ├── PermanentError       give up now; retrying cannot help
-    │   └── SkipJob              the work is not to be done (an opt-out, say): the job ends skipped
+    │   ├── SkipJob              the work is not to be done (an opt-out, say): the job ends skipped
+    │   └── DeferJob             not now: run it again after ``delay_s``; this run is not an attempt
     ├── UnknownJobError        no job, chain or group is kept under this id (also a LookupError)
     ├── NotCancellableError    the job has started or finished; the message says which
     ├── JobUnsuccessfulError   ``result()`` of a job that failed, was skipped, cancelled or expired
@@ -23,6 +24,8 @@ exception type. Any other exception escaping a task is a bug and fails the job p
 """
 
 from __future__ import annotations
+
+import math
 
 
 class HeraldError(Exception):
@@ -93,6 +96,26 @@ class PermanentError(TaskError):
 class SkipJob(TaskError):
     """Not a failure: the task decided its work is not to be done. The job ends ``skipped`` with this reason,
     at once and for good (never retried, a chain stops there), like Celery's Ignore but recorded."""
+
+
+class DeferJob(TaskError):
+    """Not a failure, not an attempt: the task cannot start its work now (a shared resource is busy, say)
+    and asks to run again after about ``delay_s`` seconds.
+
+    The run that raised it is given back: the job's ``attempts`` is what it was before, so deferring never
+    uses up the task's retries, however often it happens. The job waits ``scheduled`` (``next_attempt_at``
+    its new time, ``last_error`` this reason) and can be cancelled meanwhile; its ``expires_at`` still ends
+    it ``expired``. The runner adds up to half of ``delay_s`` of jitter, so jobs deferred together do not come
+    back together. Nothing bounds how often a job may defer: a task that always defers runs until it expires
+    or is cancelled, so give such jobs an ``expires_at``.
+    """
+
+    def __init__(self, reason: str, *, delay_s: float, channel: str | None = None) -> None:
+        # written as a positive comparison so that NaN fails it
+        if not (0 <= delay_s < math.inf):
+            raise ValueError(f"delay_s must be a finite number of seconds >= 0, not {delay_s!r}")
+        super().__init__(reason, channel=channel)
+        self.delay_s = delay_s
 
 
 class JobNotFinishedError(HeraldError, TimeoutError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from core.errors import PermanentError, RetryableError, SkipJob, TaskError
+from core.errors import DeferJob, PermanentError, RetryableError, SkipJob, TaskError
 from core.logging import begin_attempt_log
 from core.observe import AttemptReport, Phase, report
 from core.registry import TaskDef
@@ -23,6 +23,9 @@ from core.registry import TaskDef
 logger = logging.getLogger("herald.jobs")
 
 MAX_RESULT_BYTES = 256 * 1024  # a result is kept in the job's record, so it must stay small
+# A deferred job waits its delay_s plus up to this fraction more: jobs deferred together (a busy webhook
+# host's) come back spread out, not in lock-step.
+DEFER_JITTER = 0.5
 
 
 class Verdict(StrEnum):
@@ -30,6 +33,7 @@ class Verdict(StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     SKIPPED = "skipped"
+    DEFERRED = "deferred"  # not now (DeferJob): run again after retry_in_s; this run is not an attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,7 @@ _PHASE_OF_VERDICT: dict[Verdict, Phase] = {
     Verdict.RETRY: "retry",
     Verdict.FAILED: "failed",
     Verdict.SKIPPED: "skipped",
+    Verdict.DEFERRED: "deferred",
 }
 
 
@@ -58,7 +63,9 @@ async def run_attempt(
 ) -> Outcome:
     """Run ``task`` once; ``ctx["job_try"]`` is this attempt's 1-based number.
 
-    Cancellation propagates: the caller decides what a cancelled attempt means.
+    A ``DEFERRED`` outcome asks the caller to give the attempt back (the job's ``attempts`` as it was) and
+    run the job again after ``retry_in_s``. Cancellation propagates: the caller decides what a cancelled
+    attempt means.
     """
     attempt: int = ctx["job_try"]
     job_id: str = ctx["job_id"]
@@ -91,6 +98,9 @@ async def _attempt(
             result = await task.function(ctx, *args, **kwargs)
     except SkipJob as exc:
         return Outcome(Verdict.SKIPPED, error=exc.reason)
+    except DeferJob as exc:  # whatever the attempt number: a deferral never uses up a retry
+        wait_s = exc.delay_s * (1 + DEFER_JITTER * (rng or random).random())
+        return Outcome(Verdict.DEFERRED, error=exc.reason, retry_in_s=wait_s)
     except TaskError as exc:
         error: TaskError = exc
     except Exception as exc:

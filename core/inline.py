@@ -2,7 +2,8 @@
 
 Jobs wait in an in-memory queue; ``TASK_CONCURRENCY`` workers take them one at a time. A failed
 attempt that may be retried does not hold a worker while it backs off: a timer puts the job back
-in the queue when its delay is over (a scheduled job waits on a timer the same way). On shutdown
+in the queue when its delay is over (a scheduled job waits on a timer the same way, and so does a
+job that deferred itself with DeferJob: ``scheduled`` again, its run not counted as an attempt). On shutdown
 the runner stops accepting, lets queued, running and backing-off jobs finish until the grace period
 ends, then cancels the rest and logs each one by id. Everything lives in this process: a SIGKILL
 loses what had not finished.
@@ -42,6 +43,7 @@ from core.store import MemoryJobStore
 logger = logging.getLogger("herald.jobs")
 
 WORKER_CANCEL_WAIT_S = 1.0
+DRAIN_CHECK_S = 0.05  # while draining, how often to look whether only far-off timers are left
 
 
 @dataclass(slots=True)
@@ -182,9 +184,14 @@ class InlineBackend:
 
     async def stop(self, grace_s: float) -> list[str]:
         self._accepting = False
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace_s):
-                await self._idle.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # Done once idle, or once all that is left waits for a time past the grace (a send_at, a back-off):
+        # waiting for the grace to end cannot finish those, and would make every deploy take the whole grace.
+        while not self._idle.is_set() and not self._only_timers_past(deadline) and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(DRAIN_CHECK_S, deadline - loop.time())):
+                    await self._idle.wait()
         left = list(self._unfinished.values())
         for handle in [*self._timers.values(), *self._expiry_timers.values()]:
             handle.cancel()
@@ -203,6 +210,12 @@ class InlineBackend:
             logger.error("shutdown left %d jobs unfinished: %s", len(left), ", ".join(job.record.id for job in left))
         return [job.record.id for job in left]
 
+    def _only_timers_past(self, deadline: float) -> bool:
+        """Whether every unfinished job is waiting on a timer that fires after ``deadline`` (loop time)."""
+        return all(
+            (timer := self._timers.get(job_id)) is not None and timer.when() > deadline for job_id in self._unfinished
+        )
+
     def _job(self, spec: JobSpec) -> _Job:
         task = self._registry.get(spec.task)
         record = JobRecord.accepted(spec, task=task.name, max_attempts=task.policy.max_attempts)
@@ -216,14 +229,19 @@ class InlineBackend:
         for job in jobs:
             if job.record.id not in self._unfinished:  # stop() or cancel() got to it first
                 continue
-            if job.spec.expires_at is not None:
-                expires_in_s = max(0.0, (job.spec.expires_at - utcnow()).total_seconds())
-                self._expiry_timers[job.record.id] = loop.call_later(expires_in_s, self._expire, job)
+            self._arm_expiry(job)
             wait_s = (job.spec.defer_until - utcnow()).total_seconds() if job.spec.defer_until else 0.0
             if wait_s > 0:
                 self._timers[job.record.id] = loop.call_later(wait_s, self._requeue, job)
             else:
                 self._put(job)
+
+    def _arm_expiry(self, job: _Job) -> None:
+        """Expire ``job`` at its expires_at if it is waiting then (its timer is a no-op while it runs)."""
+        if job.spec.expires_at is not None and job.record.id not in self._expiry_timers:
+            expires_in_s = max(0.0, (job.spec.expires_at - utcnow()).total_seconds())
+            loop = asyncio.get_running_loop()
+            self._expiry_timers[job.record.id] = loop.call_later(expires_in_s, self._expire, job)
 
     def _put(self, job: _Job) -> None:
         self._queue.put_nowait((job.spec.priority.rank, next(self._arrivals), job))
@@ -260,6 +278,7 @@ class InlineBackend:
 
     async def _attempt(self, job: _Job) -> None:
         record = job.record
+        started_before = record.started_at
         record.start_attempt()
         await self.store.save(record)
         ctx = TaskContext(
@@ -299,8 +318,22 @@ class InlineBackend:
             due = utcnow() + timedelta(seconds=outcome.retry_in_s)
             record.move_to(JobState.RETRYING, error=outcome.error, next_attempt_at=due)
             await self.store.save(record)
-            loop = asyncio.get_running_loop()
-            self._timers[record.id] = loop.call_later(outcome.retry_in_s, self._requeue, job)
+            self._wait_then_requeue(job, outcome.retry_in_s)
+        elif outcome.verdict is Verdict.DEFERRED and outcome.retry_in_s is not None:
+            # Not an attempt: given back, so deferring never uses up the task's retries.
+            logger.debug(
+                "job %s deferred for %.2fs (not an attempt): %s",
+                record.id,
+                outcome.retry_in_s,
+                outcome.error,
+                extra=log_extra,
+            )
+            record.attempts -= 1
+            record.started_at = started_before
+            due = utcnow() + timedelta(seconds=outcome.retry_in_s)
+            record.move_to(JobState.SCHEDULED, error=outcome.error, next_attempt_at=due)
+            await self.store.save(record)
+            self._wait_then_requeue(job, outcome.retry_in_s)
         elif outcome.verdict is Verdict.SKIPPED:  # a chain stops here: its next steps never start
             logger.info("job %s skipped: %s", record.id, outcome.error, extra=log_extra)
             await self._finish(job, JobState.SKIPPED, outcome.error)
@@ -327,6 +360,12 @@ class InlineBackend:
             self.store.put(job.record)  # a copy in memory: cheap enough for every report
 
         return record_progress
+
+    def _wait_then_requeue(self, job: _Job, wait_s: float) -> None:
+        """Back in the queue after ``wait_s``, holding no worker meanwhile; expired if expires_at comes first."""
+        loop = asyncio.get_running_loop()
+        self._timers[job.record.id] = loop.call_later(wait_s, self._requeue, job)
+        self._arm_expiry(job)  # its timer may have fired, and done nothing, while the job ran
 
     def _requeue(self, job: _Job) -> None:
         self._timers.pop(job.record.id, None)

@@ -7,7 +7,8 @@ a job's label value is ``label_of(task name)`` (Herald maps tasks to channels), 
 =====================================  =========  =====================================================
 herald_deliveries_total                counter    <label>, outcome = delivered | failed | skipped (final)
 herald_delivery_retries_total          counter    <label>: attempts that failed and will run again
-herald_delivery_duration_seconds       histogram  <label>: each attempt, whatever its verdict
+herald_delivery_deferrals_total        counter    <label>: runs that deferred (DeferJob): no attempt, no outcome
+herald_delivery_duration_seconds       histogram  <label>: each attempt, whatever its verdict (not deferrals)
 herald_jobs_in_flight                  gauge      attempts running in this process now
 herald_queue_depth                     gauge      state = due (waiting for a worker) | scheduled (for a time)
 herald_queue_oldest_age_seconds        gauge      how long the oldest due job has waited (0 when none)
@@ -16,7 +17,9 @@ herald_queue_oldest_age_seconds        gauge      how long the oldest due job ha
 The job metrics count what this process ran; the queue gauges describe the whole queue, so the web
 process reports them (a worker process does not, or every worker would repeat the same number).
 A delivery cancelled before it ran (DELETE /notifications/{id}) never had an attempt, so no outcome
-counts it: the observers see attempts only.
+counts it: the observers see attempts only. A deferral (a webhook host at WEBHOOK_MAX_PER_HOST, say) is
+neither a retry nor an outcome, and takes no time worth a histogram: it counts in its own counter only, so
+a busy receiver shows as deferrals rather than as retries or slow attempts.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ class JobMetrics:
 
     ``label`` names the label (Herald: ``channel``); ``known`` are its values, exported at zero from
     the start so that a rate() has a series before the first event. A cancelled attempt (shutdown)
-    only leaves the in-flight gauge: in-process mode records it as cancelled, arq runs it again.
+    only leaves the in-flight gauge: in-process mode records it as cancelled, arq runs it again. A
+    deferred run leaves it too, and counts only in ``herald_delivery_deferrals_total``.
     """
 
     def __init__(
@@ -71,6 +75,12 @@ class JobMetrics:
         self.retries = Counter(
             "herald_delivery_retries", "Attempts that failed and will run again.", [label], registry=registry
         )
+        self.deferrals = Counter(
+            "herald_delivery_deferrals",
+            "Runs that deferred the job to later (not attempts, not outcomes).",
+            [label],
+            registry=registry,
+        )
         self.duration = Histogram(
             "herald_delivery_duration_seconds",
             "How long each attempt took, whatever its verdict.",
@@ -83,6 +93,7 @@ class JobMetrics:
             for outcome in OUTCOMES:
                 self.finished.labels(value, outcome)
             self.retries.labels(value)
+            self.deferrals.labels(value)
             self.duration.labels(value)
 
     def __call__(self, event: AttemptReport) -> None:
@@ -93,6 +104,9 @@ class JobMetrics:
         if event.phase == "cancelled":
             return
         value = self._label_of(event.task)
+        if event.phase == "deferred":
+            self.deferrals.labels(value).inc()
+            return
         self.duration.labels(value).observe(event.duration_s)
         if event.phase == "retry":
             self.retries.labels(value).inc()

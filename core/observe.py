@@ -2,6 +2,9 @@
 
 Both backends put their observers in the job ctx under ``OBSERVERS_CTX_KEY``; ``run_attempt`` reports
 to them when an attempt starts and when it ends. An observer must be quick and must not raise.
+
+A run that ends ``deferred`` (the task raised DeferJob) was given back: it is not an attempt, and the
+next run reports the same ``attempt`` number again.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ logger = logging.getLogger("herald.jobs")
 
 OBSERVERS_CTX_KEY = "herald_observers"
 
-Phase = Literal["started", "succeeded", "retry", "failed", "skipped", "cancelled"]
+Phase = Literal["started", "succeeded", "retry", "failed", "skipped", "cancelled", "deferred"]
 
 
 @dataclass(frozen=True, slots=True)

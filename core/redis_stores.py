@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from core.errors import BackendUnavailableError
 from core.jobs import JobRecord, JobState
@@ -117,9 +117,14 @@ def score_of(record: JobRecord) -> int:
 
 
 SCAN_BATCH = 200
+OOM_MESSAGE = "command not allowed when used memory > 'maxmemory'"
 
 
 def unavailable(exc: RedisError) -> BackendUnavailableError:
+    """The error to raise for a Redis failure; a full Redis (maxmemory under noeviction) says so."""
+    # A script's refused write arrives as a plain ResponseError carrying Redis's OOM message.
+    if isinstance(exc, OutOfMemoryError) or OOM_MESSAGE in str(exc):
+        return BackendUnavailableError("Redis is out of memory (maxmemory reached) and refuses new writes")
     return BackendUnavailableError(f"Redis is unavailable ({type(exc).__name__})")
 
 

@@ -50,6 +50,7 @@ def build_webhook_sender(settings: Settings) -> WebhookClient:
         allow_private=settings.WEBHOOK_ALLOW_PRIVATE,
         timeout_s=settings.WEBHOOK_TIMEOUT_S,
         max_connections=WEBHOOK_CONNECTIONS,
+        max_per_host=settings.WEBHOOK_MAX_PER_HOST,
     )
 
 

@@ -2,6 +2,8 @@
 
 Only a 2xx answer is success. Redirects are not followed. Connect errors, timeouts, 408, 429 and
 5xx are retried (``Retry-After`` honoured); any other answer, and a refused destination, is final.
+A host already at WEBHOOK_MAX_PER_HOST sends in flight (in this process) is not waited for: the
+delivery is deferred (DeferJob), which is no attempt, and tried again shortly.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import httpcore
 import httpx
 from standardwebhooks import Webhook
 
-from core.errors import PermanentError, RetryableError
+from core.errors import DeferJob, PermanentError, RetryableError
 from tasks.channels.netguard import ForbiddenDestinationError
-from tasks.channels.webhook_client import WebhookClient
+from tasks.channels.webhook_client import HostBusyError, WebhookClient
 from tasks.messages import DeliveryPayload
 
 CHANNEL = "webhook"
@@ -26,6 +28,9 @@ ERROR_BODY_BYTES = 512
 # A 2xx body is read (and dropped) up to this much: httpcore closes a connection whose body was not read,
 # which would cost every delivery a new TCP + TLS handshake. A longer body just gives up the connection.
 SUCCESS_BODY_BYTES = 64 * 1024
+# A delivery to a full host comes back after this (plus the runner's jitter, up to half as much again): a
+# few sends to a fast host end meanwhile, and a hanging host's waiting deliveries cost a few cheap runs a second.
+HOST_BUSY_DEFER_S = 0.3
 
 
 def webhook_body(payload: DeliveryPayload) -> str:
@@ -57,11 +62,22 @@ def signed_headers(signer: Webhook, delivery_id: str, body: str, now: datetime |
 
 
 async def post_webhook(client: WebhookClient, signer: Webhook, payload: DeliveryPayload) -> int:
-    """POST the signed payload once; return the status code or raise a TaskError."""
+    """POST the signed payload once; return the status code or raise a TaskError.
+
+    Raises DeferJob, sending nothing, when the host already has ``client.max_per_host`` sends in flight.
+    """
     body = webhook_body(payload)
     headers = signed_headers(signer, payload["delivery_id"], body)
+    url = payload["address"]
     try:
-        reply = await client.post(payload["address"], body.encode(), headers, read_at_most=_body_to_read)
+        with client.host_slot(url):
+            reply = await client.post(url, body.encode(), headers, read_at_most=_body_to_read)
+    except HostBusyError as exc:
+        raise DeferJob(
+            f"webhook host {exc.host} has {exc.in_flight} sends in flight (WEBHOOK_MAX_PER_HOST)",
+            delay_s=HOST_BUSY_DEFER_S,
+            channel=CHANNEL,
+        ) from None
     except ForbiddenDestinationError as exc:
         raise PermanentError(f"destination refused: {exc}", channel=CHANNEL) from exc
     except httpx.InvalidURL as exc:

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from api.app import create_app
@@ -25,7 +24,7 @@ from tests.support.processes import ROOT, WORKER_COMMANDS, Process, Processes, c
 from tests.support.receiver import Receiver, Reply
 from tests.support.sms_provider import ACCOUNT_SID, SmsProvider, sms_provider
 from tests.support.sms_provider import AUTH_TOKEN as SMS_AUTH_TOKEN
-from tests.support.smtp import SmtpSink, free_port
+from tests.support.smtp import SmtpSink, free_port, smtp_server
 from tests.support.waiting import eventually
 
 API_KEY = "api-key-marker-" + "k" * 24
@@ -132,17 +131,9 @@ class _Authenticator:
 
 @contextmanager
 def _smtp_with_login() -> Iterator[tuple[SmtpSink, _Authenticator]]:
-    """A real SMTP server that requires AUTH (over plain TCP, as a test may)."""
-    sink, authenticator = SmtpSink(), _Authenticator()
-    sink.port = free_port()
-    controller = Controller(
-        sink, hostname="127.0.0.1", port=sink.port, authenticator=authenticator, auth_require_tls=False
-    )
-    controller.start()
-    try:
+    authenticator = _Authenticator()
+    with smtp_server(authenticator=authenticator) as sink:
         yield sink, authenticator
-    finally:
-        controller.stop()
 
 
 def _herald_env(port: int, smtp_port: int, sms: SmsProvider | None = None, **extra: str) -> dict[str, str]:

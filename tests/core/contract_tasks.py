@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.context import TaskContext
-from core.errors import PermanentError, RetryableError, SkipJob
+from core.errors import DeferJob, PermanentError, RetryableError, SkipJob
 from core.taskset import TaskSet
 
 PACED_BACKOFF_S = 0.2  # paced's first wait between tries: long beside a worker's poll delay (0.02 s)
 BACKOFF_JITTER = 0.2  # RetryPolicy's default, which @task keeps: a wait is 80-100% of its nominal value
 STALL_TIMEOUT_S = 0.1
+DEFER_JITTER = 0.5  # core.execution's: a deferred job waits delay_s plus up to half as much again
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +167,19 @@ async def add(ctx: TaskContext, value: int, n: int) -> int:
     """``value + n``: a chain passes each result on as the next step's ``value``."""
     journal.start(ctx, f"add({value},{n})")
     return value + n
+
+
+@contract.task(retries=0, timeout=30)
+async def wait_turn(ctx: TaskContext, label: str, deferrals: int, delay_s: float, hold: str | None = None) -> str:
+    """Defer itself (DeferJob, ``delay_s``) on its first ``deferrals`` runs, then succeed; each run waits for
+    gate ``hold`` first if given.
+
+    Declared with no retries: were a deferral counted as an attempt, the second run could not happen.
+    """
+    journal.start(ctx, label)
+    if hold is not None:
+        await journal.gate(hold).wait()
+    runs = len(journal.of(label))
+    if runs <= deferrals:
+        raise DeferJob(f"{label}: not now ({runs} of {deferrals})", delay_s=delay_s)
+    return f"{label} ran on attempt {ctx.attempt}"

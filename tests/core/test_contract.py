@@ -26,11 +26,12 @@ from fastapi import FastAPI
 from api.app import create_app
 from core.config import Settings
 from core.errors import JobUnsuccessfulError, NotCancellableError
-from core.jobs import JobRecord, JobState, Priority
+from core.jobs import EXPIRED_NOTE, JobRecord, JobState, Priority
 from core.queue import ComposedHandle, JobHandle, TaskQueue
 from core.taskset import chain, group
 from tests.core.contract_tasks import (
     BACKOFF_JITTER,
+    DEFER_JITTER,
     PACED_BACKOFF_S,
     STALL_TIMEOUT_S,
     add,
@@ -45,6 +46,7 @@ from tests.core.contract_tasks import (
     stall,
     step,
     unstorable,
+    wait_turn,
     work,
 )
 from tests.support.waiting import eventually
@@ -155,6 +157,102 @@ async def test_the_wait_between_attempts_follows_the_growing_back_off(herald: He
     assert waits_s[1] / waits_s[0] >= 1.25, f"the wait did not grow: {waits_s}"
     # Late by at most the back-off again: a retry is paced by its back-off, not by some other clock.
     assert all(wait_s / back_off_s <= 2 for wait_s, back_off_s in zip(waits_s, nominal_s, strict=True)), waits_s
+
+
+# --- deferral (DeferJob): not now, and not an attempt ---------------------------------------------------
+
+DEFER_S = 0.1
+# A deferred job is late by at most a worker's poll and the promoter's nap beside its own (jittered) delay.
+DEFER_LATE_S = 0.5
+
+
+async def test_a_job_deferred_three_times_runs_each_time_later_and_no_run_counts_as_an_attempt(
+    herald: Herald,
+) -> None:
+    async with herald():
+        handle = await wait_turn.enqueue("patient", deferrals=3, delay_s=DEFER_S)  # the task has retries=0
+        assert await handle.result(timeout=10) == "patient ran on attempt 1"
+        record = await handle.status()
+    assert (record.state, record.attempts) == (JobState.SUCCEEDED, 1)
+    runs = journal.of("patient")
+    assert [run.attempt for run in runs] == [1, 1, 1, 1], "every run was attempt 1: deferrals were given back"
+    waits_s = [later.at_s - earlier.at_s for earlier, later in pairwise(runs)]
+    assert all(wait_s >= DEFER_S - CLOCK_SLACK_S for wait_s in waits_s), f"ran again before its delay: {waits_s}"
+    assert all(wait_s <= DEFER_S * (1 + DEFER_JITTER) + DEFER_LATE_S for wait_s in waits_s), waits_s
+
+
+async def test_while_deferred_a_job_is_scheduled_with_its_attempt_given_back_and_the_reason(herald: Herald) -> None:
+    async with herald():
+        handle = await wait_turn.enqueue("later", deferrals=1, delay_s=0.5)
+        await started("later")
+        await eventually(lambda: _in_state(handle, JobState.SCHEDULED), what="the deferral to be recorded")
+        waiting = await handle.status()
+        assert await handle.result(timeout=10) == "later ran on attempt 1"
+        done = await handle.status()
+    assert (waiting.attempts, waiting.last_error, waiting.started_at) == (0, "later: not now (1 of 1)", None)
+    assert waiting.next_attempt_at is not None
+    assert waiting.next_attempt_at - waiting.updated_at >= timedelta(seconds=0.5 - CLOCK_SLACK_S)
+    assert (done.state, done.attempts) == (JobState.SUCCEEDED, 1)
+
+
+async def test_a_job_that_keeps_deferring_still_ends_expired_at_its_expires_at(herald: Herald) -> None:
+    expires_in_s = 0.5
+    async with herald():
+        enqueued_at_s = time.monotonic()
+        handle = await wait_turn.enqueue("forever", deferrals=10_000, delay_s=0.05, expires_at=in_s(expires_in_s))
+        record = await finished(handle, timeout_s=5)
+    assert (record.state, record.attempts, record.last_error) == (JobState.EXPIRED, 0, EXPIRED_NOTE)
+    runs = journal.of("forever")
+    assert len(runs) >= 2, "it ran, deferred, and ran again before it expired"
+    # A run started just before the deadline notes itself a moment later (a Redis write in arq mode).
+    assert runs[-1].at_s - enqueued_at_s <= expires_in_s + 0.1, "a run started after expires_at"
+
+
+async def test_a_job_that_defers_after_its_expires_at_passed_while_it_ran_ends_expired_at_once(
+    herald: Herald,
+) -> None:
+    """The expiry came while the run was under way (nothing to expire then); the deferral that follows must
+    not leave the job waiting out its (long) delay before it is seen to be expired."""
+    expires_at = in_s(0.2)
+    async with herald():
+        handle = await wait_turn.enqueue("overdue", deferrals=1, delay_s=30, hold="overdue", expires_at=expires_at)
+        await started("overdue")
+        # Well past it: the expiry timer (in-process) or the expiry sweep (arq, every poll) has come and gone.
+        await eventually(lambda: datetime.now(UTC) > expires_at + timedelta(seconds=0.3), what="the expiry to pass")
+        journal.release("overdue")
+        record = await finished(handle, timeout_s=5)
+    assert (record.state, record.attempts, record.last_error) == (JobState.EXPIRED, 0, EXPIRED_NOTE)
+    assert len(journal.of("overdue")) == 1
+
+
+async def test_a_deferred_job_can_be_cancelled_while_it_waits_and_never_runs_again(herald: Herald) -> None:
+    delay_s = 0.3
+    async with herald():
+        handle = await wait_turn.enqueue("cancelled", deferrals=10_000, delay_s=delay_s)
+        await started("cancelled")
+        await eventually(lambda: _in_state(handle, JobState.SCHEDULED), what="the deferral to be recorded")
+        assert (await handle.cancel()).state is JobState.CANCELLED
+        runs = len(journal.of("cancelled"))
+        # Due after the cancelled job would have run again: once it has run, that moment has passed.
+        after = await step.enqueue("after", delay=delay_s * (1 + DEFER_JITTER) + DEFER_LATE_S)
+        assert await after.result(timeout=5) == "after"
+        record = await handle.status()
+    assert (record.state, record.attempts) == (JobState.CANCELLED, 0)
+    assert len(journal.of("cancelled")) == runs == 1
+
+
+@pytest.mark.parametrize("backend_settings", [pytest.param("arq", id="arq")], indirect=True)
+async def test_in_arq_deferrals_give_arqs_own_try_back_so_they_never_reach_max_tries(
+    herald: Herald, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arq counts every run of a job against its max_tries (ARQ_MAX_TRIES, out of reach in production).
+    With it at 2, a job deferred 3 times would be dropped by arq on its third run unless each deferral
+    gave arq's try back."""
+    monkeypatch.setattr("core.arq_worker.ARQ_MAX_TRIES", 2)
+    async with herald():
+        handle = await wait_turn.enqueue("many", deferrals=3, delay_s=0.05)
+        assert await handle.result(timeout=5) == "many ran on attempt 1"
+    assert len(journal.of("many")) == 4
 
 
 # --- permanent errors and timeouts ----------------------------------------------------------------------

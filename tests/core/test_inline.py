@@ -524,6 +524,39 @@ async def test_stop_cancels_a_job_still_backing_off(runner: Runner) -> None:
     assert (record.state, record.attempts, record.next_attempt_at) == (JobState.CANCELLED, 1, None)
 
 
+async def test_stop_does_not_wait_out_the_grace_for_jobs_due_after_it(runner: Runner) -> None:
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    async def always_busy(ctx: JobContext) -> None:
+        raise RetryableError("busy")
+
+    slow = RetryPolicy(max_attempts=5, timeout_s=5.0, base_delay_s=600.0, max_delay_s=600.0)
+    backend = await runner.start([noop, (always_busy, slow)])
+    later = JobSpec(task="noop", job_id="job-later", defer_until=utcnow() + timedelta(hours=1))
+    backing_off = spec("always_busy")
+    await enqueue_one(backend, later)
+    await enqueue_one(backend, backing_off)
+    await wait_for_state(backend, backing_off.job_id, JobState.RETRYING)
+
+    # Nothing left can finish within a 60 s grace: stop() says so at once instead of waiting it out.
+    assert sorted(await asyncio.wait_for(backend.stop(grace_s=60), timeout=5)) == sorted(
+        [later.job_id, backing_off.job_id]
+    )
+
+
+async def test_stop_waits_for_a_job_due_within_the_grace(runner: Runner) -> None:
+    async def noop(ctx: JobContext) -> None:
+        return None
+
+    backend = await runner.start([noop])
+    soon = JobSpec(task="noop", job_id="job-soon", defer_until=utcnow() + timedelta(seconds=0.3))
+    await enqueue_one(backend, soon)
+
+    assert await asyncio.wait_for(backend.stop(grace_s=10), timeout=5) == []
+    assert (await record_of(backend, soon.job_id)).state is JobState.SUCCEEDED
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs"),
     [((object(),), {}), ((), {"tags": {"a", "b"}}), ((float("nan"),), {})],

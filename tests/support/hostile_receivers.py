@@ -76,6 +76,18 @@ class PeerGone(Exception):
 class HostileReceiver:
     port: int
     connections: list[Connection] = field(default_factory=list)
+    open_now: int = 0  # connections accepted and not yet closed
+    most_open: int = 0  # the most that were open at once
+
+    def webhook_ids(self) -> list[str]:
+        """The ``webhook-id`` of every request received, in arrival order (repeats included)."""
+        found = []
+        for connection in self.connections:
+            for line in connection.request_head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"webhook-id":
+                    found.append(value.strip().decode("latin-1"))
+        return found
 
     def url(self, path: str = "/hook", *, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -97,6 +109,8 @@ async def hostile_receiver(behaviour: Behaviour, *, send_buffer_bytes: int = 409
             handlers.add(task)
         connection = Connection()
         receiver.connections.append(connection)
+        receiver.open_now += 1
+        receiver.most_open = max(receiver.most_open, receiver.open_now)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
@@ -112,6 +126,7 @@ async def hostile_receiver(behaviour: Behaviour, *, send_buffer_bytes: int = 409
             pass
         finally:
             writer.close()
+            receiver.open_now -= 1
             with suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
@@ -159,6 +174,17 @@ def never_answer() -> Behaviour:
 
     async def play(out: Writer, connection: Connection) -> None:
         await out.wait_for_eof()
+
+    return play
+
+
+def held(release: asyncio.Event, then: Behaviour) -> Behaviour:
+    """Say nothing until ``release`` is set (a hanging receiver), then play ``then`` on every connection
+    still open; a sender that gave up meanwhile just finds ``then`` failing to write."""
+
+    async def play(out: Writer, connection: Connection) -> None:
+        await release.wait()
+        await then(out, connection)
 
     return play
 
@@ -313,6 +339,7 @@ def drill_client(
         allow_private=allowed,
         timeout_s=settings.WEBHOOK_TIMEOUT_S,
         max_connections=8,
+        max_per_host=settings.WEBHOOK_MAX_PER_HOST,
         guard=GuardedNetworkBackend(allow_private=allowed, inner=dialler, resolver=resolver),
     )
 

@@ -26,12 +26,25 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """Starts, stops, kills and restarts one redis-server on 127.0.0.1 with its data in ``directory``."""
+    """Starts, stops, kills and restarts one redis-server on 127.0.0.1 with its data in ``directory``.
 
-    def __init__(self, directory: Path, *, appendonly: bool = False, extra: tuple[str, ...] = ()) -> None:
+    No RDB snapshots; AOF only with ``appendonly`` (fsync per ``appendfsync``: ``always``, ``everysec``
+    or ``no``). ``extra`` is more redis-server arguments (``--maxmemory``, ...). A restart keeps the port
+    and the directory, so a server with AOF comes back with its data and one without comes back empty.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "always",
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -47,7 +60,7 @@ class RedisServer:
             "--dir", str(self.directory),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             *self.extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

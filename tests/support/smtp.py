@@ -47,10 +47,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def smtp_server() -> Iterator[SmtpSink]:
+def smtp_server(*, authenticator: Any = None) -> Iterator[SmtpSink]:
+    """With ``authenticator`` (aiosmtpd's callable) the server requires AUTH, over plain TCP as a test may."""
     sink = SmtpSink()
     sink.port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
+    auth: dict[str, Any] = {"authenticator": authenticator, "auth_require_tls": False} if authenticator else {}
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, **auth)
     controller.start()
     try:
         yield sink
