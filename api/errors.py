@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from core.errors import (
     BackendUnavailableError,
@@ -39,6 +41,19 @@ def _clean(error: dict[str, Any]) -> dict[str, Any]:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse(status_code=422, content={"detail": [_clean(e) for e in exc.errors()]})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    cause = exc.__cause__
+    # FastAPI answers a JSON body it cannot even decode with a bare 400 "There was an error parsing the body";
+    # undecodable JSON is a 422 like any other (FastAPI's own for malformed JSON), saying what is wrong.
+    if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError | RecursionError):
+        problem = "is not UTF-8" if isinstance(cause, UnicodeDecodeError) else "is nested too deeply"
+        return await _validation_error(
+            request, invalid(["body"], f"the body is not valid JSON: it {problem}", "json_invalid")
+        )
+    return await http_exception_handler(request, exc)
 
 
 async def _template_problem(_: Request, exc: Exception) -> JSONResponse:
@@ -102,6 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DuplicateJobError, _not_retryable)
     app.add_exception_handler(BackendUnavailableError, _backend_unavailable)
     app.add_exception_handler(PreferencesFullError, _preferences_full)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(TemplateProblem, _template_problem)
     app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)

@@ -13,13 +13,16 @@ from tasks.notifications import DeliveryStatus, UnknownDeliveryError
 router = APIRouter(tags=["deliveries"], dependencies=[Depends(require_api_key)])
 
 _401: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut, "description": "Missing or wrong API key"}}
+_503_REDIS: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "Redis is unavailable (arq mode); see Retry-After"}
+}
 
 
 @router.get(
     "/deliveries",
     response_model=DeliveryPageOut,
     summary="Deliveries newest first, e.g. the failed ones of one channel",
-    responses=_401,
+    responses={**_401, **_503_REDIS},
 )
 async def list_deliveries(
     service: NotificationsDep,
@@ -38,7 +41,7 @@ async def list_deliveries(
     "/deliveries/counts",
     response_model=dict[DeliveryStatus, int],
     summary="How many deliveries are in each status (records kept for RECORD_TTL_S)",
-    responses=_401,
+    responses={**_401, **_503_REDIS},
 )
 async def count_deliveries(service: NotificationsDep) -> dict[DeliveryStatus, int]:
     return await service.counts()
@@ -53,6 +56,7 @@ async def count_deliveries(service: NotificationsDep) -> dict[DeliveryStatus, in
         **_401,
         404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"},
         409: {"model": ErrorOut, "description": "The delivery is not failed"},
+        503: {"model": ErrorOut, "description": "Queue full or shutting down, or Redis unavailable; see Retry-After"},
     },
 )
 async def retry_delivery(delivery_id: str, service: NotificationsDep) -> DeliveryItemOut:

@@ -36,6 +36,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorOut, "description": "Body larger than MAX_BODY_BYTES"},
     422: {"model": ValidationErrorOut, "description": "Invalid body; each error names where"},
 }
+_NOT_FOUND: dict[str, Any] = {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}
+_503_REDIS: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "Redis is unavailable (arq mode); see Retry-After"}
+}
+_503_QUEUE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "Queue full or shutting down, or Redis unavailable; see Retry-After"}
+}
 
 
 async def refuse_early_when_full(service: NotificationsDep) -> None:
@@ -56,7 +63,7 @@ async def refuse_early_when_full(service: NotificationsDep) -> None:
     responses={
         **_ERRORS,
         409: {"model": ErrorOut, "description": "Idempotency-Key reused with a different body"},
-        503: {"model": ErrorOut, "description": "Queue full or shutting down; see Retry-After"},
+        **_503_QUEUE,
     },
 )
 async def notify(
@@ -119,7 +126,7 @@ async def notify(
     "/notifications/{notification_id}",
     response_model=NotificationOut,
     summary="A notification and the status of each delivery",
-    responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
+    responses={401: _ERRORS[401], 404: _NOT_FOUND, **_503_REDIS},
 )
 async def get_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
     return _found(await service.get(notification_id), notification_id)
@@ -129,7 +136,7 @@ async def get_notification(notification_id: str, service: NotificationsDep) -> N
     "/notifications/{notification_id}",
     response_model=NotificationOut,
     summary="Cancel the deliveries not yet sent (sending ones finish)",
-    responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
+    responses={401: _ERRORS[401], 404: _NOT_FOUND, **_503_REDIS},
 )
 async def cancel_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
     return _found(await service.cancel(notification_id), notification_id)
@@ -140,7 +147,12 @@ async def cancel_notification(notification_id: str, service: NotificationsDep) -
     status_code=status.HTTP_202_ACCEPTED,
     response_model=NotificationOut,
     summary="Send the notification's failed deliveries again (same webhook-id / Message-ID)",
-    responses={401: _ERRORS[401], 404: {"model": ErrorOut, "description": "Unknown (or no longer kept) id"}},
+    responses={
+        401: _ERRORS[401],
+        404: _NOT_FOUND,
+        409: {"model": ErrorOut, "description": "A failed delivery was retried by another request meanwhile"},
+        **_503_QUEUE,
+    },
 )
 async def retry_notification(notification_id: str, service: NotificationsDep) -> NotificationOut:
     return _found(await service.retry_notification(notification_id), notification_id)

@@ -51,6 +51,7 @@ async def get_preferences(user_id: UserIdDep, store: PreferencesDep) -> Preferen
             "model": ValidationErrorOut,
             "description": "Invalid user id, unknown channel, template or category, or a critical template",
         },
+        413: {"model": ErrorOut, "description": "Body larger than MAX_BODY_BYTES"},
         507: {"model": ErrorOut, "description": "In-process mode: PREFERENCES_MAX_USERS users already have some"},
     },
 )

@@ -41,6 +41,9 @@ _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description":
 _422: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorOut, "description": "Invalid query; each error names where"}
 }
+_503: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "Redis is unavailable (arq mode); see Retry-After"}
+}
 
 
 def _example(value: Any) -> dict[int | str, dict[str, Any]]:
@@ -64,7 +67,7 @@ async def registered_tasks(queue: TaskQueueDep) -> list[RegisteredTaskOut]:
     "/schedules",
     response_model=list[ScheduleOut],
     summary="Every cron job, when it runs next and how its last run went",
-    responses={**_401, **_example([SCHEDULE_EXAMPLE])},
+    responses={**_401, **_503, **_example([SCHEDULE_EXAMPLE])},
 )
 async def schedules(settings: SettingsDep, history: CronHistoryDep, task_sets: TaskSetsDep) -> list[ScheduleOut]:
     """Herald's own cron jobs and the application's (`@cron` in its TaskSets), sorted by name. Times are
@@ -80,14 +83,18 @@ async def schedules(settings: SettingsDep, history: CronHistoryDep, task_sets: T
     "",
     response_model=JobPageOut,
     summary="Jobs newest first, e.g. the failed ones of one task",
-    responses={**_401, **_422, **_example(PAGE_EXAMPLE)},
+    responses={**_401, **_422, **_503, **_example(PAGE_EXAMPLE)},
 )
 async def list_tasks(
     queue: TaskQueueDep,
+    *,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    # Not `| None`: a query string cannot say null, and the schema's `anyOf [array, null]` made fuzzers take
+    # `?name=true` (a task named "true") for a malformed request.
     name: Annotated[
-        list[str] | None, Query(description="Only jobs of this task; repeat it for several (`?name=a&name=b`).")
-    ] = None,
+        list[str],
+        Query(default_factory=list, description="Only jobs of this task; repeat it for several (`?name=a&name=b`)."),
+    ],
     cursor: Annotated[str | None, Query(pattern=_CURSOR, description="`next_cursor` of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> JobPageOut:
@@ -105,6 +112,7 @@ async def list_tasks(
     responses={
         **_401,
         **_404,
+        **_503,
         200: {
             "description": "A job (`kind: job`), or a chain or group (`kind: chain | group`) with its jobs",
             "content": {
@@ -136,6 +144,7 @@ async def get_task(task_id: str, queue: TaskQueueDep) -> JobOut | ComposedOut:
     responses={
         **_401,
         **_404,
+        **_503,
         **_example(CANCELLED_EXAMPLE),
         409: {"model": ErrorOut, "description": "Running or finished: nothing could be cancelled; `detail` says why"},
     },

@@ -261,3 +261,46 @@ async def test_a_rendered_subject_longer_than_255_is_a_422(client_for: Any) -> N
         )
     assert response.status_code == 422
     assert "at most 255" in response.json()["detail"][0]["msg"]
+
+
+def _documented(openapi: dict[str, Any], method: str, path: str, status: int) -> bool:
+    return str(status) in openapi["paths"][path][method.lower()]["responses"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(b'{"to": "\xc3\x28"}', "not UTF-8", id="invalid UTF-8"),
+        pytest.param(b"\x80\x81\x82\x1a", "not UTF-8", id="no encoding at all"),
+        pytest.param(b"[" * 100_000, "nested too deeply", id="100,000 brackets"),
+    ],
+)
+@pytest.mark.parametrize(("method", "path"), [("POST", "/notify"), ("PUT", "/users/user_42/preferences")])
+async def test_an_undecodable_json_body_is_a_422_naming_the_body(
+    client_for: Any, method: str, path: str, content: bytes, problem: str
+) -> None:
+    # Found by tests/api/test_schemathesis.py: FastAPI answered these with an undocumented bare 400.
+    async with client_for() as client:
+        response = await client.request(method, path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "detail": [{"loc": ["body"], "msg": f"the body is not valid JSON: it is {problem}", "type": "json_invalid"}]
+    }
+
+
+async def test_other_http_errors_keep_their_status_and_headers(client_for: Any) -> None:
+    async with client_for(API_KEY="k" * 32) as client:
+        missing = await client.get("/no-such-page")
+        unauthorized = await client.get("/deliveries")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
+    assert unauthorized.status_code == 401
+    assert unauthorized.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_preferences_body_over_max_body_bytes_is_a_documented_413(client_for: Any) -> None:
+    async with client_for(MAX_BODY_BYTES=1024) as client:
+        response = await client.put("/users/user_42/preferences", json={"channels": {"x" * 2000: False}})
+        openapi = (await client.get("/openapi.json")).json()
+    assert response.status_code == 413
+    assert "larger than 1024 bytes" in response.json()["detail"]
+    assert _documented(openapi, "PUT", "/users/{user_id}/preferences", 413)
