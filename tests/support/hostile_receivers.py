@@ -21,12 +21,8 @@ from typing import Any
 import httpcore
 
 from core.config import Settings
-from core.inline import InlineBackend
-from core.store import MemoryJobStore
 from tasks.channels.netguard import GuardedNetworkBackend, IPAddress, Resolver, resolve
 from tasks.channels.webhook_client import WebhookClient
-from tasks.registry import build_registry
-from tasks.resources import delivery_resources
 
 
 @dataclass
@@ -342,21 +338,3 @@ def drill_client(
         max_per_host=settings.WEBHOOK_MAX_PER_HOST,
         guard=GuardedNetworkBackend(allow_private=allowed, inner=dialler, resolver=resolver),
     )
-
-
-@asynccontextmanager
-async def runner_with(settings: Settings, webhooks: WebhookClient) -> AsyncIterator[InlineBackend]:
-    """The real in-process runner with Herald's registry, its ``webhooks`` client replaced by ``webhooks``."""
-    async with delivery_resources(settings) as resources, webhooks:
-        backend = InlineBackend(
-            build_registry(settings),
-            MemoryJobStore(max_finished=100, ttl_s=3600),
-            {**resources, "webhooks": webhooks},
-            concurrency=2,
-            max_unfinished=100,
-        )
-        await backend.start()
-        try:
-            yield backend
-        finally:
-            await backend.stop(grace_s=1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -15,6 +15,7 @@ from core.jobs import JobRecord, JobSpec
 from core.store import MemoryJobStore
 from tasks.channels.email import Mailer
 from tasks.channels.sms import build_sms_sender
+from tasks.channels.webhook_client import WebhookClient
 from tasks.delivery import DeliveryContext
 from tasks.inbox import InboxStore, MemoryInbox
 from tasks.messages import Channel, DeliveryPayload
@@ -86,9 +87,16 @@ async def delivery_context(
 
 
 @asynccontextmanager
-async def inline_runner(settings: Settings, *, inbox: InboxStore | None = None) -> AsyncIterator[InlineBackend]:
-    """The real InlineBackend with Herald's registry and resources (``inbox`` for send_inapp), started and stopped."""
-    async with delivery_resources(settings, inbox=inbox) as resources:
+async def inline_runner(
+    settings: Settings, *, inbox: InboxStore | None = None, webhooks: WebhookClient | None = None
+) -> AsyncIterator[InlineBackend]:
+    """The real InlineBackend with Herald's registry and resources (``inbox`` for send_inapp), started and stopped.
+
+    ``webhooks`` replaces the resources' WebhookClient (a drill's own guard and dialler); it is closed here too.
+    """
+    async with delivery_resources(settings, inbox=inbox) as resources, AsyncExitStack() as owned:
+        if webhooks is not None:
+            resources = {**resources, "webhooks": await owned.enter_async_context(webhooks)}
         backend = InlineBackend(
             build_registry(settings),
             MemoryJobStore(max_finished=100, ttl_s=3600),

@@ -6,8 +6,7 @@ Only loopback is ever contacted; the public addresses below are pure function ar
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
 import httpcore
 import pytest
@@ -21,6 +20,7 @@ from tasks.channels.netguard import (
     parse_ip_literal,
 )
 from tasks.delivery import send_webhook
+from tests.support.hostile_receivers import LoopbackDialler
 from tests.support.receiver import Receiver
 from tests.tasks.helpers import delivery_context, make_payload
 
@@ -140,42 +140,10 @@ async def test_private_destinations_are_delivered_when_allowed(
     assert request.verified is True
 
 
-class RecordingBackend(httpcore.AsyncNetworkBackend):
-    """Remembers every host it is asked to connect to, then connects for real through anyio."""
-
-    def __init__(self) -> None:
-        self.hosts: list[str] = []
-        self._real = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.hosts.append(host)
-        return await self._real.connect_tcp(
-            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-        )
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise AssertionError("the guard must never reach a unix socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._real.sleep(seconds)
-
-
 async def test_connects_to_the_checked_address_not_the_name(receiver: Receiver) -> None:
     # A name is resolved once and the socket opens to an address that was checked: a second
     # lookup (DNS rebinding) never happens, because the inner backend only ever sees IPs.
-    inner = RecordingBackend()
+    inner = LoopbackDialler()
     backend = GuardedNetworkBackend(allow_private=True, inner=inner)
 
     stream = await backend.connect_tcp("localhost", receiver.port, timeout=2.0)
@@ -187,7 +155,7 @@ async def test_connects_to_the_checked_address_not_the_name(receiver: Receiver) 
 
 
 async def test_refused_name_never_reaches_a_socket(receiver: Receiver) -> None:
-    inner = RecordingBackend()
+    inner = LoopbackDialler()
     backend = GuardedNetworkBackend(allow_private=False, inner=inner)
 
     with pytest.raises(ForbiddenDestinationError, match=r"localhost resolves to 127\.0\.0\.1 is loopback"):
@@ -197,7 +165,7 @@ async def test_refused_name_never_reaches_a_socket(receiver: Receiver) -> None:
 
 
 async def test_http_request_keeps_the_name_in_host_but_dials_the_address(receiver: Receiver) -> None:
-    inner = RecordingBackend()
+    inner = LoopbackDialler()
     pool = httpcore.AsyncConnectionPool(network_backend=GuardedNetworkBackend(allow_private=True, inner=inner))
     async with pool:
         response = await pool.request("GET", f"http://localhost:{receiver.port}/via-name")
@@ -211,7 +179,7 @@ async def test_http_request_keeps_the_name_in_host_but_dials_the_address(receive
 
 
 async def test_unix_sockets_are_refused() -> None:
-    backend = GuardedNetworkBackend(allow_private=True, inner=RecordingBackend())
+    backend = GuardedNetworkBackend(allow_private=True, inner=LoopbackDialler())
 
     with pytest.raises(ForbiddenDestinationError, match="unix sockets"):
         await backend.connect_unix_socket("/var/run/docker.sock")

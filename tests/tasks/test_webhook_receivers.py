@@ -30,11 +30,10 @@ from tests.support.hostile_receivers import (
     hostile_receiver,
     in_turn,
     never_answer,
-    runner_with,
     status_head,
 )
 from tests.support.waiting import eventually
-from tests.tasks.helpers import deliver, delivery_context, make_payload
+from tests.tasks.helpers import deliver, delivery_context, inline_runner, make_payload
 
 SettingsFactory = Callable[..., Settings]
 TIMEOUT_S = 0.5
@@ -80,7 +79,7 @@ async def test_the_runner_gives_up_on_a_silent_receiver_after_max_attempts(make_
     settings = make_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_TIMEOUT_S=TIMEOUT_S, WEBHOOK_MAX_ATTEMPTS=2)
     async with (
         hostile_receiver(never_answer()) as server,
-        runner_with(settings, drill_client(settings, LoopbackDialler())) as backend,
+        inline_runner(settings, webhooks=drill_client(settings, LoopbackDialler())) as backend,
     ):
         record = await deliver(backend, make_payload(address=server.url()))
 
@@ -146,7 +145,7 @@ async def test_410_gone_fails_at_once(make_settings: SettingsFactory) -> None:
     settings = make_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_TIMEOUT_S=TIMEOUT_S)
     async with (
         hostile_receiver(answer(410, body=b"this endpoint is gone")) as server,
-        runner_with(settings, drill_client(settings, LoopbackDialler())) as backend,
+        inline_runner(settings, webhooks=drill_client(settings, LoopbackDialler())) as backend,
     ):
         record = await deliver(backend, make_payload(address=server.url()))
 
@@ -177,7 +176,7 @@ async def test_the_runner_waits_as_long_as_retry_after_asks(make_settings: Setti
     behaviour = in_turn(answer(429, headers=[("retry-after", "1")]), answer(200, body=b"ok"))
     async with (
         hostile_receiver(behaviour) as server,
-        runner_with(settings, drill_client(settings, LoopbackDialler())) as backend,
+        inline_runner(settings, webhooks=drill_client(settings, LoopbackDialler())) as backend,
     ):
         record = await deliver(backend, make_payload(address=server.url()))
 

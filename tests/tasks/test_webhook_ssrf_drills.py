@@ -25,9 +25,8 @@ from tests.support.hostile_receivers import (
     answer,
     drill_client,
     hostile_receiver,
-    runner_with,
 )
-from tests.tasks.helpers import deliver, delivery_context, make_payload
+from tests.tasks.helpers import deliver, delivery_context, inline_runner, make_payload
 
 SettingsFactory = Callable[..., Settings]
 PUBLIC = "93.184.216.34"  # passes the guard; the LoopbackDialler never dials it
@@ -87,7 +86,7 @@ async def test_forbidden_destination_fails_for_good_after_one_attempt(
     dialler = LoopbackDialler()
     payload = make_payload(address=f"http://{host}:{target.port}/hook")
 
-    async with runner_with(settings, drill_client(settings, dialler)) as backend:
+    async with inline_runner(settings, webhooks=drill_client(settings, dialler)) as backend:
         record = await deliver(backend, payload)
 
     assert record.state is JobState.FAILED
@@ -106,7 +105,7 @@ async def test_octal_dotted_quad_is_refused_as_an_invalid_url(
     settings = make_settings(WEBHOOK_ALLOW_PRIVATE=False)
     dialler = LoopbackDialler()
 
-    async with runner_with(settings, drill_client(settings, dialler)) as backend:
+    async with inline_runner(settings, webhooks=drill_client(settings, dialler)) as backend:
         record = await deliver(backend, make_payload(address=f"http://0177.0.0.1:{target.port}/hook"))
 
     assert record.state is JobState.FAILED
@@ -135,7 +134,7 @@ async def test_a_name_resolving_to_a_forbidden_address_is_refused(
     resolver = ScriptedResolver(answers)
     client = drill_client(settings, dialler, resolver=resolver)
 
-    async with runner_with(settings, client) as backend:
+    async with inline_runner(settings, webhooks=client) as backend:
         record = await deliver(backend, make_payload(address=f"http://hooks.drill.test:{target.port}/hook"))
 
     assert record.state is JobState.FAILED
@@ -191,7 +190,7 @@ async def test_a_redirect_to_cloud_metadata_is_not_followed(make_settings: Setti
 
     async with (
         hostile_receiver(answer(status, headers=[("location", metadata)])) as server,
-        runner_with(settings, drill_client(settings, dialler)) as backend,
+        inline_runner(settings, webhooks=drill_client(settings, dialler)) as backend,
     ):
         record = await deliver(backend, make_payload(address=server.url("/hook")))
 
