@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -15,13 +14,12 @@ from api.inbox_deps import USER_ID_RULE, is_user_id
 from core.jobs import Priority
 from tasks.channels.email import subject_problem
 from tasks.channels.sms import validate_e164
+from tasks.messages import CONTROL_CHARACTERS
 from tasks.notifications import DeliveryItem, DeliveryStatus, DeliveryView, NotificationStatus, NotificationView
 
 MAX_ADDRESS_LENGTH = 2048
 MAX_SUBJECT_LENGTH = 255
 MAX_TEXT_LENGTH = 100_000
-# C0/C1 controls and Unicode line/paragraph separators: any of them can end an email header line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TEMPLATE_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # Recipients repeat (the same users, the same few webhook endpoints) and checking one is a pure function of
 # its string, so the answers are kept per process: email-validator alone costs ~35 us an address, more than
@@ -57,7 +55,7 @@ class Recipient(BaseModel):
 
 
 def _email_address(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):
         raise ValueError("an email address may not contain control characters (CR, LF, ...)")
     if "=?" in value:  # the email package decodes them in the To header: '=?us-ascii?q?eve=40evil?=@x' is eve@evil
         raise ValueError("an email address may not contain RFC 2047 encoded words ('=?charset?q?...?=')")
@@ -74,7 +72,7 @@ def normalized_email(value: str) -> str:
 
 
 def _webhook_url(value: str) -> str:
-    if _CONTROL.search(value) or " " in value:
+    if CONTROL_CHARACTERS.search(value) or " " in value:
         raise ValueError("a webhook URL may not contain spaces or control characters")
     webhook_host(value)
     return value
@@ -172,7 +170,7 @@ class NotifyRequest(BaseModel):
     @field_validator("subject")
     @classmethod
     def _one_line(cls, value: str | None) -> str | None:
-        if value is not None and _CONTROL.search(value):
+        if value is not None and CONTROL_CHARACTERS.search(value):
             raise ValueError("the subject must be one line without control characters (CR, LF, ...)")
         problem = subject_problem(value) if value is not None else None
         if problem is not None:  # e.g. a CR/LF hidden in an RFC 2047 encoded word, which the email package decodes

@@ -9,8 +9,12 @@ For ``inapp`` the inbox message's title is ``subject``, its body ``text`` and it
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
+
+# C0/C1 controls and Unicode line/paragraph separators: any of them can end an email header line (or a title).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class Channel(StrEnum):

@@ -34,13 +34,13 @@ from typing import Any
 import jinja2
 
 from tasks.channels.email import subject_problem
+from tasks.messages import CONTROL_CHARACTERS
 from tasks.template_info import TemplateInfo, read_template_info
 
 TEMPLATE_ROOT = Path(__file__).parent / "templates"
 MAX_SUBJECT_LENGTH = 255
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
 # inapp.txt is parsed by its lines after rendering: a line break a context value brings is rendered as this
 # (a private-use character) so that it cannot end the title or add a 'url:' line; in the body it is a line break.
@@ -206,7 +206,7 @@ def parse_inapp(name: str, rendered: str) -> InAppMessage:
         raise _inapp_problem(name, "the title (and url: line) must be followed by a blank line, then the body")
     if _VALUE_NEWLINE in title or (url is not None and _VALUE_NEWLINE in url):
         raise _inapp_problem(name, "a context value would put a line break in the title or the url: line")
-    if not title or len(title.splitlines()) > 1 or _CONTROL.search(title):
+    if not title or len(title.splitlines()) > 1 or CONTROL_CHARACTERS.search(title):
         raise _inapp_problem(name, "the first line, the title, must be one line of text")
     if len(title) > MAX_SUBJECT_LENGTH:
         raise _inapp_problem(name, f"the title is {len(title)} characters; at most {MAX_SUBJECT_LENGTH}")

@@ -20,7 +20,7 @@ from typing import Literal, Protocol, TextIO
 import aiosmtplib
 
 from core.errors import PermanentError, RetryableError
-from tasks.messages import DeliveryPayload
+from tasks.messages import CONTROL_CHARACTERS, DeliveryPayload
 
 CHANNEL = "email"
 
@@ -30,6 +30,13 @@ def build_message(payload: DeliveryPayload, sender: Address) -> EmailMessage:
 
     Raises PermanentError when a header could not be written as given (a line break, a second address).
     """
+    address = payload["address"]
+    # Refused at the API already; here too, since such an address would not read back from the header as given.
+    if CONTROL_CHARACTERS.search(address) or "=?" in address:
+        raise PermanentError(
+            "cannot build the email headers: the address has a control character or an RFC 2047 encoded word",
+            channel=CHANNEL,
+        )
     message = EmailMessage(policy=SMTP)
     message["From"] = sender
     try:

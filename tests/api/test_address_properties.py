@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from api.schemas import MAX_ADDRESS_LENGTH, Recipient
 from tasks.channels.sms import e164_problem, validate_e164
 
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
+
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150)
 
 CHANNELS = ("email", "webhook", "sms", "inapp")

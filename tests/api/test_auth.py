@@ -7,6 +7,8 @@ import pytest
 from api.app import create_app
 from tests.conftest import API_KEY
 
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
+
 OPEN_PATHS = {"/healthz", "/readyz"}
 
 

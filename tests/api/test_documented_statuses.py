@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
@@ -17,6 +18,8 @@ from core.jobs import spec_key
 from tests.support.redis_server import RedisServer
 from tests.support.smtp import free_port
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
 
 STREAM = "/users/{user_id}/inbox/stream"  # never ends while Redis is up; its 503 is documented (test_inbox_http)
 IDS = {

@@ -24,6 +24,8 @@ from tests.support.smtp import SmtpSink
 from tests.support.waiting import eventually
 from tests.tasks.helpers import make_payload
 
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
+
 EMAIL = {"channel": "email", "address": "ada@example.com"}
 SENDER = Address(display_name="Herald", username="herald", domain="example.org")
 INJECTED = "Bcc: eve@evil.example"

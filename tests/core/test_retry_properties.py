@@ -6,10 +6,13 @@ import itertools
 import math
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.retry import RetryPolicy
+
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
 
 # Fixed examples (derandomize) so a failure reproduces; no example database written into the work tree.
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=200)

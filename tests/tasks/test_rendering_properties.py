@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from tasks.rendering import MAX_SUBJECT_LENGTH, InAppMessage, TemplateLibrary, TemplateProblem
 
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
+
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150)
 
 TEMPLATES = {

@@ -35,6 +35,8 @@ from tests.support.hostile_receivers import (
 from tests.support.waiting import eventually
 from tests.tasks.helpers import deliver, delivery_context, inline_runner, make_payload
 
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
+
 SettingsFactory = Callable[..., Settings]
 TIMEOUT_S = 0.5
 MARGIN_S = 0.75  # scheduling slack on a shared 2-core machine; a hang is caught by HANG_S

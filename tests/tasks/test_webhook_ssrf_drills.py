@@ -28,6 +28,8 @@ from tests.support.hostile_receivers import (
 )
 from tests.tasks.helpers import deliver, delivery_context, inline_runner, make_payload
 
+pytestmark = pytest.mark.drill  # docs/guarantees.md; `make drills` runs it with the rest
+
 SettingsFactory = Callable[..., Settings]
 PUBLIC = "93.184.216.34"  # passes the guard; the LoopbackDialler never dials it
 
