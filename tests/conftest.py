@@ -11,7 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from api.app import create_app
+from api.deps import get_templates
 from core.config import Settings
+from tasks.rendering import TemplateLibrary
 from tests.support.processes import Processes
 from tests.support.receiver import Receiver, serve_in_thread
 from tests.support.redis_server import RedisServer
@@ -65,11 +67,22 @@ def smtp() -> Iterator[SmtpSink]:
 
 @pytest.fixture
 def client_for(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
-    """``async with client_for(**settings) as client``: the app with its lifespan, over ASGITransport."""
+    """``async with client_for(**settings) as client``: the app with its lifespan, over ASGITransport.
+
+    ``templates=`` renders from that TemplateLibrary instead of tasks/templates/.
+    """
 
     @asynccontextmanager
-    async def open_client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async def open_client(
+        *, templates: TemplateLibrary | None = None, **overrides: Any
+    ) -> AsyncIterator[httpx.AsyncClient]:
         app = create_app(make_settings(**overrides))
+        if templates is not None:
+
+            async def own_templates() -> TemplateLibrary:
+                return templates
+
+            app.dependency_overrides[get_templates] = own_templates
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from api.app import create_app
-from api.deps import get_templates
-from core.config import Settings
 from tasks.rendering import TemplateLibrary
 from tests.api.test_inbox_stream import opened, serve  # noqa: F401  (serve: the uvicorn fixture)
 from tests.support.processes import Processes, child_env
+from tests.support.templates import template_library
 from tests.support.waiting import eventually
 
 USER = "user_42"
@@ -119,39 +115,24 @@ async def test_user_ids_are_case_sensitive_so_two_cases_are_two_recipients(clien
         assert len(await _inbox(client)) == len(await _inbox(client, USER.upper())) == 1
 
 
-@asynccontextmanager
-async def _client_with_templates(settings: Settings, library: TemplateLibrary) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-
-    async def templates() -> TemplateLibrary:
-        return library
-
-    app.dependency_overrides[get_templates] = templates
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
-            yield client
-
-
 @pytest.fixture
 def library(tmp_path: Path) -> TemplateLibrary:
     """``email_only`` has no inapp.txt; the ``bad_*`` ones have a broken one."""
-    for name, parts in {
-        "email_only": {"subject.txt": "Hello {{ name }}", "body.txt": "\nA long email, {{ name }}.\n\nBye.\n"},
-        "bad_url": {"subject.txt": "s", "body.txt": "b", "inapp.txt": "Title\nurl: {{ link }}\n\nBody"},
-        "bad_title": {"subject.txt": "s", "body.txt": "b", "inapp.txt": "{{ 'x' * 256 }}\n\nBody"},
-        "no_blank": {"subject.txt": "s", "body.txt": "b", "inapp.txt": "Title\nBody right away"},
-    }.items():
-        (tmp_path / name).mkdir()
-        for part, text in parts.items():
-            (tmp_path / name / part).write_text(text)
-    return TemplateLibrary(tmp_path)
+    return template_library(
+        tmp_path,
+        {
+            "email_only": {"subject.txt": "Hello {{ name }}", "body.txt": "\nA long email, {{ name }}.\n\nBye.\n"},
+            "bad_url": {"subject.txt": "s", "body.txt": "b", "inapp.txt": "Title\nurl: {{ link }}\n\nBody"},
+            "bad_title": {"subject.txt": "s", "body.txt": "b", "inapp.txt": "{{ 'x' * 256 }}\n\nBody"},
+            "no_blank": {"subject.txt": "s", "body.txt": "b", "inapp.txt": "Title\nBody right away"},
+        },
+    )
 
 
 async def test_a_template_without_inapp_txt_sends_its_subject_and_body_txt(
-    make_settings: Callable[..., Settings], backend_settings: dict[str, Any], library: TemplateLibrary
+    client_for: Any, backend_settings: dict[str, Any], library: TemplateLibrary
 ) -> None:
-    async with _client_with_templates(make_settings(**backend_settings), library) as client:
+    async with client_for(templates=library, **backend_settings) as client:
         accepted = await _accepted(client, {"to": [INAPP], "template": "email_only", "context": {"name": "Ada"}})
         await _delivered(client, accepted["id"])
         [message] = await _inbox(client)
@@ -168,9 +149,9 @@ async def test_a_template_without_inapp_txt_sends_its_subject_and_body_txt(
     ],
 )
 async def test_a_broken_inapp_txt_is_refused_naming_the_template_and_nothing_is_stored(
-    make_settings: Callable[..., Settings], library: TemplateLibrary, template: str, context: Any, problem: str
+    client_for: Any, library: TemplateLibrary, template: str, context: Any, problem: str
 ) -> None:
-    async with _client_with_templates(make_settings(), library) as client:
+    async with client_for(templates=library) as client:
         response = await client.post("/notify", json={"to": [INAPP], "template": template, "context": context})
         items = await _inbox(client)
     assert response.status_code == 422, response.text

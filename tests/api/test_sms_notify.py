@@ -5,8 +5,7 @@ API refuses before anything is queued."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,12 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.deps import get_templates
 from core.config import Settings
 from tasks.channels.sms import segments
 from tasks.rendering import TemplateLibrary
 from tests.support.receiver import Receiver
 from tests.support.sms_provider import ACCOUNT_SID, AUTH_TOKEN, ProviderReply, SmsProvider, sms_provider
+from tests.support.templates import template_library
 from tests.support.waiting import eventually
 
 PHONE = "+14155550123"
@@ -240,37 +239,26 @@ async def test_a_subject_is_still_needed_when_another_recipient_is_not_sms(
     assert "literal 'subject' and 'text'" in _refusal(response)["msg"]
 
 
-@asynccontextmanager
-async def _client_with_templates(settings: Settings, library: TemplateLibrary) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-
-    async def templates() -> TemplateLibrary:
-        return library
-
-    app.dependency_overrides[get_templates] = templates
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
-            yield client
-
-
 @pytest.fixture
 def library(tmp_path: Path) -> TemplateLibrary:
     """``email_only`` has no sms.txt; ``code``'s sms.txt needs a variable its other parts do not."""
-    for name, parts in {
-        "email_only": {"subject.txt": "Hello", "body.txt": "A long email, {{ name }}."},
-        "code": {"subject.txt": "Your code", "body.txt": "See the SMS.", "sms.txt": "\nYour code is {{ code }}.\n\n"},
-    }.items():
-        (tmp_path / name).mkdir()
-        for part, text in parts.items():
-            (tmp_path / name / part).write_text(text)
-    return TemplateLibrary(tmp_path)
+    return template_library(
+        tmp_path,
+        {
+            "email_only": {"subject.txt": "Hello", "body.txt": "A long email, {{ name }}."},
+            "code": {
+                "subject.txt": "Your code",
+                "body.txt": "See the SMS.",
+                "sms.txt": "\nYour code is {{ code }}.\n\n",
+            },
+        },
+    )
 
 
 async def test_a_template_without_sms_txt_is_refused_for_sms_and_still_sent_by_email(
-    make_settings: Callable[..., Settings], provider: SmsProvider, library: TemplateLibrary
+    client_for: Any, provider: SmsProvider, library: TemplateLibrary
 ) -> None:
-    async with _client_with_templates(make_settings(**provider.settings()), library) as client:
+    async with client_for(templates=library, **provider.settings()) as client:
         refused = await client.post("/notify", json={"to": [SMS], "template": "email_only", "context": {"name": "A"}})
         by_email = await client.post(
             "/notify",
@@ -288,9 +276,9 @@ async def test_a_template_without_sms_txt_is_refused_for_sms_and_still_sent_by_e
 
 
 async def test_sms_txt_is_rendered_stripped_and_its_own_variables_are_checked(
-    make_settings: Callable[..., Settings], provider: SmsProvider, library: TemplateLibrary
+    client_for: Any, provider: SmsProvider, library: TemplateLibrary
 ) -> None:
-    async with _client_with_templates(make_settings(**provider.settings()), library) as client:
+    async with client_for(templates=library, **provider.settings()) as client:
         missing = await client.post("/notify", json={"to": [SMS], "template": "code", "context": {}})
         accepted = await _accepted(client, {"to": [SMS], "template": "code", "context": {"code": "123456"}})
         await _until(client, accepted["id"], "delivered")
